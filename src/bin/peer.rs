@@ -1,0 +1,120 @@
+//! `peer <PEER_ID> <PORT> <TRACKER_IP>`: shares `<PEER_ID>/files/`, serves it to the swarm, and
+//! runs the interactive shell (or runs headless with `--no-shell`).
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use p2pshare::peer::server::{RateLimiter, ServeLimits};
+use p2pshare::peer::{PeerConfig, PeerNode};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A p2pshare peer: shares every file in <PEER_ID>/files/ and downloads from the swarm.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// This peer's id (also the name of its directory).
+    peer_id: String,
+    /// TCP port for the Peer service (0 picks a free one).
+    port: u16,
+    /// The tracker: IP or host name, optionally with :PORT.
+    tracker_ip: String,
+    /// Tracker port when TRACKER_IP has none.
+    #[arg(long, default_value_t = 8000)]
+    tracker_port: u16,
+    /// Directory holding <PEER_ID>/ (default: the current directory).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Run without the shell: serve until Ctrl-C or SIGTERM, then leave the swarm.
+    #[arg(long)]
+    no_shell: bool,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Host other peers should use to reach this one (behind address translation); default: the
+    /// address the tracker sees.
+    #[arg(long, default_value = "")]
+    advertise_addr: String,
+    /// Cap on this peer's total upload rate, e.g. 10M (bytes per second).
+    #[arg(long, value_parser = p2pshare::human::parse_size)]
+    max_upload_rate: Option<u64>,
+    /// Cap on concurrent GetBlocks streams served.
+    #[arg(long, default_value_t = p2pshare::peer::server::DEFAULT_MAX_STREAMS)]
+    max_streams: usize,
+    /// Seconds without data before a holder is given up on during a download.
+    #[arg(long, default_value_t = 10)]
+    stall_timeout: u64,
+    /// Seconds between scans of files/ for added, changed or removed files.
+    #[arg(long, default_value_t = 2)]
+    rescan_interval: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    p2pshare::cli::init_logging(if args.no_shell { "info" } else { "warn" });
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(run(args, runtime.handle().clone()));
+    // Threads blocked on standard input must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
+    if let Err(e) = p2pshare::names::validate_peer_id(&args.peer_id) {
+        bail!("bad PEER_ID: {e}");
+    }
+    let tracker = p2pshare::cli::tracker_address(&args.tracker_ip, args.tracker_port)
+        .map_err(|e| anyhow::anyhow!("bad TRACKER_IP: {e}"))?;
+    let addr = SocketAddr::new(args.bind, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (port in use? pick another PORT, or 0 for any free one)"))?;
+    let dir = args.root.join(&args.peer_id);
+    let mut config = PeerConfig::new(&args.peer_id, dir.clone(), &tracker);
+    config.advertise_host = args.advertise_addr.clone();
+    config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
+    config.rescan_interval = Duration::from_secs(args.rescan_interval.max(1));
+    config.limits = ServeLimits {
+        max_streams: args.max_streams.max(1),
+        upload_rate: args.max_upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
+    };
+    let (node, info) = PeerNode::start(config, listener)
+        .await
+        .with_context(|| format!("cannot start peer {}", args.peer_id))?;
+    if info.created_folder {
+        println!("created {} (it did not exist): put files there to share them", dir.join("files").display());
+    }
+    for why in &info.skipped {
+        println!("not shared: {why}");
+    }
+    println!(
+        "peer {} serving {} file(s) from {} on port {}",
+        node.id(),
+        info.shared,
+        dir.join("files").display(),
+        node.local_addr().port()
+    );
+    match &info.registration {
+        Ok(address) => println!("registered with tracker {tracker} as {address}"),
+        Err(e) => println!("warning: {e}; serving anyway and retrying in the background"),
+    }
+    if args.no_shell {
+        p2pshare::cli::shutdown_signal().await;
+    } else {
+        println!("type help for commands");
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let shell_node = node.clone();
+        std::thread::spawn(move || {
+            p2pshare::peer::shell::run(shell_node, handle);
+            let _ = done_tx.send(());
+        });
+        tokio::select! {
+            _ = done_rx => {},
+            _ = p2pshare::cli::shutdown_signal() => {},
+        }
+    }
+    node.shutdown().await;
+    println!("peer {} left the swarm", node.id());
+    Ok(())
+}

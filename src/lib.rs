@@ -1,0 +1,30 @@
+//! p2pshare: peer-to-peer file sharing on a LAN.
+//!
+//! A [`tracker`] knows which live peers hold which files; each [`peer`] serves its shared folder
+//! over gRPC and downloads from every holder at once, verifying every piece against the file's
+//! BLAKE3 content id ([`chunking`]). [`bench`] measures it.
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod chunking;
+pub mod cli;
+pub mod grpc;
+pub mod human;
+pub mod names;
+pub mod peer;
+pub mod status;
+pub mod tracker;
+
+/// Code generated from `proto/` by `build.rs`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    /// `p2pshare.tracker.v1`: the Tracker service.
+    pub mod tracker {
+        tonic::include_proto!("p2pshare.tracker.v1");
+    }
+    /// `p2pshare.peer.v1`: the Peer service.
+    pub mod peer {
+        tonic::include_proto!("p2pshare.peer.v1");
+    }
+}

@@ -1,0 +1,320 @@
+//! A peer node: its store (the shared folder), the Peer service serving it, the link to the
+//! tracker (registration, heartbeats, re-registration after a tracker restart), the folder
+//! watcher, and the downloader. The shell and the binaries drive a [`PeerNode`].
+
+pub mod download;
+pub mod schedule;
+pub mod server;
+pub mod shell;
+pub mod store;
+pub mod tracker_link;
+
+use crate::pb::tracker::FileEntry;
+use download::ActiveDownloads;
+use server::{PeerService, ServeLimits};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::{SharedFile, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracker_link::{TrackerLink, TrackerLinkError};
+
+/// Errors starting a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The peer's folder is unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The tracker address is malformed.
+    #[error(transparent)]
+    Tracker(#[from] TrackerLinkError),
+    /// The peer id is malformed.
+    #[error("bad peer id: {0}")]
+    BadPeerId(#[from] crate::names::NameError),
+    /// Anything else local.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How a peer runs.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The peer id.
+    pub peer_id: String,
+    /// The peer's directory (holding `files/`), normally `<root>/<peer_id>`.
+    pub dir: PathBuf,
+    /// Tracker address, `host:port`.
+    pub tracker_address: String,
+    /// Host to advertise instead of the address the tracker observes (empty: observed).
+    pub advertise_host: String,
+    /// A holder silent this long during a download is given up on.
+    pub stall_timeout: Duration,
+    /// How often `files/` is rescanned for added, changed and removed files.
+    pub rescan_interval: Duration,
+    /// Limits of the Peer service.
+    pub limits: ServeLimits,
+}
+
+impl PeerConfig {
+    /// Defaults for a peer `peer_id` in `dir` using the tracker at `tracker_address`.
+    pub fn new(peer_id: &str, dir: PathBuf, tracker_address: &str) -> Self {
+        PeerConfig {
+            peer_id: peer_id.to_string(),
+            dir,
+            tracker_address: tracker_address.to_string(),
+            advertise_host: String::new(),
+            stall_timeout: download::DEFAULT_STALL_TIMEOUT,
+            rescan_interval: Duration::from_secs(2),
+            limits: ServeLimits::default(),
+        }
+    }
+}
+
+/// What the peer found in its folder at start.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    /// `files/` did not exist and was created.
+    pub created_folder: bool,
+    /// Files shared.
+    pub shared: usize,
+    /// Entries not shared, with why.
+    pub skipped: Vec<String>,
+    /// Registration outcome: Ok(advertised address) or the error (retried in the background).
+    pub registration: Result<String, String>,
+}
+
+/// A running peer.
+#[derive(Debug)]
+pub struct PeerNode {
+    config: PeerConfig,
+    store: Arc<Store>,
+    tracker: TrackerLink,
+    active: ActiveDownloads,
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl PeerNode {
+    /// Opens the folder, hashes what needs hashing, serves the Peer service on `listener`,
+    /// registers with the tracker (retrying in the background if it is not reachable yet) and
+    /// starts heartbeats and the folder watcher.
+    pub async fn start(
+        config: PeerConfig,
+        listener: TcpListener,
+    ) -> Result<(Arc<PeerNode>, StartInfo), PeerError> {
+        crate::names::validate_peer_id(&config.peer_id)?;
+        let local_addr = listener.local_addr()?;
+        let dir = config.dir.clone();
+        let (store, created_folder, scan) = tokio::task::spawn_blocking(move || {
+            let (store, created) = Store::open(&dir)?;
+            let scan = store.rescan()?;
+            Ok::<_, StoreError>((store, created, scan))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        for why in &scan.skipped {
+            tracing::warn!("not shared: {why}");
+        }
+        let store = Arc::new(store);
+        let tracker = TrackerLink::new(
+            &config.tracker_address,
+            &config.peer_id,
+            local_addr.port(),
+            &config.advertise_host,
+        )?;
+        let shutdown = CancellationToken::new();
+        let service = PeerService::new(store.clone(), config.limits.clone());
+        let server = {
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                let routes = tonic::service::Routes::new(service.into_server());
+                if let Err(e) = crate::grpc::serve(
+                    listener,
+                    routes,
+                    crate::grpc::ServiceKind::Peer,
+                    async move { token.cancelled().await },
+                )
+                .await
+                {
+                    tracing::error!(error = %e, "peer server failed");
+                }
+            })
+        };
+        let node = Arc::new(PeerNode {
+            config,
+            store,
+            tracker,
+            active: ActiveDownloads::default(),
+            local_addr,
+            shutdown,
+            tasks: Mutex::new(vec![server]),
+        });
+        let registration = node
+            .register()
+            .await
+            .map(|s| s.advertised_address)
+            .map_err(|e| e.to_string());
+        let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
+        let watcher = tokio::spawn(node.clone().watch_loop());
+        node.tasks_lock().extend([heartbeat, watcher]);
+        let info = StartInfo {
+            created_folder,
+            shared: node.store.list().len(),
+            skipped: scan.skipped,
+            registration,
+        };
+        Ok((node, info))
+    }
+
+    fn tasks_lock(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The peer id.
+    pub fn id(&self) -> &str {
+        &self.config.peer_id
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &PeerConfig {
+        &self.config
+    }
+
+    /// Where the Peer service listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The shared folder.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn store_arc(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// The tracker link.
+    pub fn tracker(&self) -> &TrackerLink {
+        &self.tracker
+    }
+
+    fn active_downloads(&self) -> &ActiveDownloads {
+        &self.active
+    }
+
+    /// The catalog as the tracker wants it.
+    fn catalog(&self) -> Vec<FileEntry> {
+        self.store.list().iter().map(entry).collect()
+    }
+
+    async fn register(&self) -> Result<tracker_link::Session, TrackerLinkError> {
+        let catalog = self.catalog();
+        let count = catalog.len();
+        let session = self.tracker.register(catalog).await?;
+        tracing::info!(files = count, address = %session.advertised_address, "registered with the tracker");
+        Ok(session)
+    }
+
+    /// Announces a file the peer now holds.
+    pub async fn announce(&self, file: &SharedFile) -> Result<(), TrackerLinkError> {
+        self.tracker.announce(entry(file)).await
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut tracker_down = false;
+        loop {
+            let wait = self
+                .tracker
+                .session()
+                .map_or(Duration::from_secs(1), |s| s.heartbeat_interval);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let result = match self.tracker.heartbeat().await {
+                Err(TrackerLinkError::NotRegistered) => self.register().await.map(|_| ()),
+                other => other,
+            };
+            match result {
+                Ok(()) if tracker_down => {
+                    tracing::info!("tracker reachable again");
+                    tracker_down = false;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !tracker_down {
+                        tracing::warn!("{e}; still serving, retrying");
+                    }
+                    tracker_down = true;
+                }
+            }
+        }
+    }
+
+    async fn watch_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.config.rescan_interval) => {}
+            }
+            let store = self.store.clone();
+            let changes = match tokio::task::spawn_blocking(move || store.rescan()).await {
+                Ok(Ok(changes)) => changes,
+                Ok(Err(e)) => {
+                    tracing::warn!("rescan failed: {e}");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for file in &changes.added {
+                tracing::info!(file = %file.name, "now sharing");
+                if let Err(e) = self.announce(file).await {
+                    tracing::debug!("announce of {} deferred: {e}", file.name);
+                }
+            }
+            for name in &changes.removed {
+                tracing::info!(file = %name, "no longer shared");
+                if let Err(e) = self.tracker.withdraw(name).await {
+                    tracing::debug!("withdraw of {name} deferred: {e}");
+                }
+            }
+        }
+    }
+
+    /// Leaves the tracker and stops serving, letting streams in flight drain. Idempotent.
+    pub async fn shutdown(&self) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        if let Err(e) = self.tracker.leave().await {
+            tracing::debug!("leave: {e}");
+        }
+        self.shutdown.cancel();
+        let tasks: Vec<_> = self.tasks_lock().drain(..).collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops at once without telling the tracker (as if the process died): for tests of
+    /// liveness and failover.
+    pub fn kill(&self) {
+        self.shutdown.cancel();
+        for task in self.tasks_lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+fn entry(file: &SharedFile) -> FileEntry {
+    FileEntry {
+        name: file.name.clone(),
+        size: file.size,
+        content_id: file.content_id().to_hex(),
+    }
+}

@@ -1,0 +1,486 @@
+//! A peer's directory: the shared folder `files/`, the hash cache and partial downloads.
+//!
+//! Layout under the peer's root (`<PEER_ID>/`):
+//! ```text
+//! files/                     shared: every regular file here is offered to the swarm
+//! .p2pshare/hash-cache.json  manifests keyed by name, size and mtime: restarts do not rehash
+//! .p2pshare/partial/         downloads in progress (<content id>.part + .done); never in files/
+//! download_times.csv         rows appended by `bench`
+//! ```
+
+use crate::chunking::{ContentId, Geometry, Manifest};
+use crate::names::validate_file_name;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The folder cannot be created or read.
+    #[error("cannot use shared folder {path}: {source}")]
+    Folder {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file in the folder cannot be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A different file of the same name is already shared: it is never overwritten.
+    #[error("files/{0} already exists with different content; it was not overwritten (remove or rename it, then retry)")]
+    NameTaken(String),
+}
+
+/// A file this peer shares.
+#[derive(Clone, Debug)]
+pub struct SharedFile {
+    /// Name inside `files/`.
+    pub name: String,
+    /// Full path.
+    pub path: PathBuf,
+    /// Size when hashed.
+    pub size: u64,
+    /// Modification time when hashed (nanoseconds since the epoch).
+    pub mtime_ns: u128,
+    /// Verified description of its content.
+    pub manifest: Arc<Manifest>,
+}
+
+impl SharedFile {
+    /// Its content id.
+    pub fn content_id(&self) -> ContentId {
+        self.manifest.content_id()
+    }
+}
+
+/// What a rescan found.
+#[derive(Debug, Default)]
+pub struct ScanChanges {
+    /// Files new or changed since the last scan (now shared with their new content).
+    pub added: Vec<SharedFile>,
+    /// Names that disappeared.
+    pub removed: Vec<String>,
+    /// Entries skipped, with why (unsafe names, symlinks out of the folder, unreadable files).
+    pub skipped: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct HashCache {
+    entries: BTreeMap<String, CacheEntry>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct CacheEntry {
+    size: u64,
+    mtime_ns: u128,
+    content_id: String,
+    piece_size: u64,
+    /// Piece hashes, hex, concatenated.
+    pieces: String,
+}
+
+impl CacheEntry {
+    fn of(file: &SharedFile) -> Self {
+        CacheEntry {
+            size: file.size,
+            mtime_ns: file.mtime_ns,
+            content_id: file.content_id().to_hex(),
+            piece_size: file.manifest.geometry().piece_size() as u64,
+            pieces: hex::encode(file.manifest.piece_hashes().concat()),
+        }
+    }
+
+    /// The manifest, re-verified (a corrupt cache costs a rehash, never a wrong answer).
+    fn manifest(&self) -> Option<Manifest> {
+        let geometry = Geometry::new(self.size, self.piece_size).ok()?;
+        let bytes = hex::decode(&self.pieces).ok()?;
+        let hashes = bytes.chunks(32).map(<[u8]>::to_vec).collect();
+        Manifest::from_parts(self.content_id.parse().ok()?, geometry, hashes).ok()
+    }
+}
+
+/// The peer's directory.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    files_dir: PathBuf,
+    partial_dir: PathBuf,
+    cache_path: PathBuf,
+    shared: Mutex<BTreeMap<String, SharedFile>>,
+}
+
+impl std::fmt::Debug for HashCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HashCache({} entries)", self.entries.len())
+    }
+}
+
+fn mtime_ns(meta: &fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+impl Store {
+    /// Opens (creating what is missing) the directory of a peer rooted at `root`. Returns the
+    /// store and whether `files/` had to be created.
+    pub fn open(root: &Path) -> Result<(Store, bool), StoreError> {
+        let files_dir = root.join("files");
+        let created = !files_dir.is_dir();
+        let state_dir = root.join(".p2pshare");
+        let partial_dir = state_dir.join("partial");
+        for dir in [&files_dir, &partial_dir] {
+            fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        fs::read_dir(&files_dir).map_err(|source| StoreError::Folder {
+            path: files_dir.clone(),
+            source,
+        })?;
+        Ok((
+            Store {
+                root: root.to_path_buf(),
+                files_dir,
+                partial_dir,
+                cache_path: state_dir.join("hash-cache.json"),
+                shared: Mutex::new(BTreeMap::new()),
+            },
+            created,
+        ))
+    }
+
+    /// The peer's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The shared folder.
+    pub fn files_dir(&self) -> &Path {
+        &self.files_dir
+    }
+
+    /// Where partial downloads live.
+    pub fn partial_dir(&self) -> &Path {
+        &self.partial_dir
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SharedFile>> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every shared file, by name.
+    pub fn list(&self) -> Vec<SharedFile> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// A shared file by name.
+    pub fn get(&self, name: &str) -> Option<SharedFile> {
+        self.lock().get(name).cloned()
+    }
+
+    /// A shared file with this content (any name).
+    pub fn by_content(&self, content_id: &ContentId) -> Option<SharedFile> {
+        self.lock()
+            .values()
+            .find(|f| f.content_id() == *content_id)
+            .cloned()
+    }
+
+    /// Brings the shared set in line with `files/`: hashes new or changed files (or takes their
+    /// manifest from the cache when name, size and mtime match), drops vanished ones. Blocking.
+    pub fn rescan(&self) -> Result<ScanChanges, StoreError> {
+        let mut changes = ScanChanges::default();
+        let entries = fs::read_dir(&self.files_dir).map_err(|source| StoreError::Folder {
+            path: self.files_dir.clone(),
+            source,
+        })?;
+        let files_dir_real = fs::canonicalize(&self.files_dir).unwrap_or(self.files_dir.clone());
+        let mut cache: Option<HashCache> = None;
+        let mut cache_dirty = false;
+        let mut seen = Vec::new();
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                changes.skipped.push(format!("{:?}: name is not UTF-8", entry.file_name()));
+                continue;
+            };
+            if let Err(e) = validate_file_name(&name) {
+                changes.skipped.push(format!("{name:?}: {e}"));
+                continue;
+            }
+            let path = entry.path();
+            let Some(meta) = self.shareable_metadata(&path, &files_dir_real, &name, &mut changes)
+            else {
+                continue;
+            };
+            seen.push(name.clone());
+            let (size, mtime) = (meta.len(), mtime_ns(&meta));
+            if self
+                .get(&name)
+                .is_some_and(|f| f.size == size && f.mtime_ns == mtime)
+            {
+                continue;
+            }
+            let cache = cache.get_or_insert_with(|| self.load_cache());
+            let cached = cache
+                .entries
+                .get(&name)
+                .filter(|c| c.size == size && c.mtime_ns == mtime)
+                .and_then(CacheEntry::manifest);
+            let manifest = match cached {
+                Some(m) => m,
+                None => match hash_file(&path, size, mtime) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Changing under us or unreadable: try again at the next scan.
+                        changes.skipped.push(format!("{name:?}: {e}"));
+                        seen.pop();
+                        continue;
+                    }
+                },
+            };
+            let file = SharedFile {
+                name: name.clone(),
+                path,
+                size,
+                mtime_ns: mtime,
+                manifest: Arc::new(manifest),
+            };
+            cache.entries.insert(name.clone(), CacheEntry::of(&file));
+            cache_dirty = true;
+            self.lock().insert(name, file.clone());
+            changes.added.push(file);
+        }
+        {
+            let mut shared = self.lock();
+            let gone: Vec<String> = shared
+                .keys()
+                .filter(|n| !seen.contains(n))
+                .cloned()
+                .collect();
+            for name in gone {
+                shared.remove(&name);
+                changes.removed.push(name);
+            }
+        }
+        if cache_dirty || !changes.removed.is_empty() {
+            let mut cache = cache.unwrap_or_else(|| self.load_cache());
+            cache.entries.retain(|name, _| seen.contains(name));
+            self.save_cache(&cache);
+        }
+        Ok(changes)
+    }
+
+    /// Metadata of a directory entry if it is a regular file that may be shared: symlinks are
+    /// followed only when they resolve inside the shared folder.
+    fn shareable_metadata(
+        &self,
+        path: &Path,
+        files_dir_real: &Path,
+        name: &str,
+        changes: &mut ScanChanges,
+    ) -> Option<fs::Metadata> {
+        let link_meta = fs::symlink_metadata(path).ok()?;
+        if link_meta.file_type().is_symlink() {
+            let inside = fs::canonicalize(path)
+                .map(|target| target.starts_with(files_dir_real))
+                .unwrap_or(false);
+            if !inside {
+                changes
+                    .skipped
+                    .push(format!("{name:?}: symlink pointing outside files/ is not shared"));
+                return None;
+            }
+        }
+        let meta = fs::metadata(path).ok()?;
+        meta.is_file().then_some(meta)
+    }
+
+    fn load_cache(&self) -> HashCache {
+        fs::read(&self.cache_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_cache(&self, cache: &HashCache) {
+        let result = (|| -> io::Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.partial_dir)?;
+            serde_json::to_writer(&mut tmp, cache)?;
+            tmp.persist(&self.cache_path).map_err(|e| e.error)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // Only a cost: the next start rehashes.
+            tracing::warn!(error = %e, "could not save the hash cache");
+        }
+    }
+
+    /// Moves a complete, verified, fsynced download from `partial` into `files/<name>` without
+    /// ever replacing a different file, and starts sharing it. If `files/<name>` already holds the
+    /// same content, the partial file is just removed.
+    pub fn adopt(
+        &self,
+        partial: &Path,
+        name: &str,
+        manifest: Arc<Manifest>,
+    ) -> Result<SharedFile, StoreError> {
+        let dest = self.files_dir.join(name);
+        // The lock orders concurrent adopts of the same name and keeps a rescan from hashing the
+        // new file again.
+        let mut shared = self.lock();
+        match fs::hard_link(partial, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let same = shared
+                    .get(name)
+                    .is_some_and(|f| f.content_id() == manifest.content_id())
+                    || fs::metadata(&dest).is_ok_and(|m| m.len() == manifest.geometry().size())
+                        && hash_file(&dest, manifest.geometry().size(), 0)
+                            .is_ok_and(|m| m.content_id() == manifest.content_id());
+                if !same {
+                    return Err(StoreError::NameTaken(name.to_string()));
+                }
+            }
+            Err(source) => return Err(StoreError::File { path: dest, source }),
+        }
+        let _ = fs::remove_file(partial);
+        let meta = fs::metadata(&dest).map_err(|source| StoreError::File {
+            path: dest.clone(),
+            source,
+        })?;
+        let file = SharedFile {
+            name: name.to_string(),
+            path: dest,
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+            manifest,
+        };
+        shared.insert(name.to_string(), file.clone());
+        drop(shared);
+        let mut cache = self.load_cache();
+        cache.entries.insert(name.to_string(), CacheEntry::of(&file));
+        self.save_cache(&cache);
+        Ok(file)
+    }
+}
+
+/// Hashes a file into a manifest, failing if it changes (size or mtime) while being read.
+/// `expected_mtime` 0 skips the mtime check.
+fn hash_file(path: &Path, size: u64, expected_mtime: u128) -> io::Result<Manifest> {
+    let file = fs::File::open(path)?;
+    let reader = io::BufReader::with_capacity(1 << 20, file.take(size + 1));
+    let manifest = Manifest::from_reader(reader, size)?;
+    let meta = fs::metadata(path)?;
+    if meta.len() != size || (expected_mtime != 0 && mtime_ns(&meta) != expected_mtime) {
+        return Err(io::Error::other("file changed while being hashed"));
+    }
+    Ok(manifest)
+}
+
+use std::io::Read as _;
+
+/// Seconds since the epoch, for CSV rows and logs.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rescan_shares_regular_files_and_follows_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, created) = Store::open(dir.path()).unwrap();
+        assert!(created);
+        fs::write(store.files_dir().join("a.txt"), b"alpha").unwrap();
+        fs::create_dir(store.files_dir().join("sub")).unwrap();
+        let outside = dir.path().join("secret");
+        fs::write(&outside, b"secret").unwrap();
+        std::os::unix::fs::symlink(&outside, store.files_dir().join("link")).unwrap();
+        std::os::unix::fs::symlink(store.files_dir().join("a.txt"), store.files_dir().join("inner"))
+            .unwrap();
+
+        let changes = store.rescan().unwrap();
+        let mut names: Vec<_> = changes.added.iter().map(|f| f.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["a.txt", "inner"]);
+        assert!(changes.skipped.iter().any(|s| s.contains("link")));
+        assert_eq!(store.get("a.txt").unwrap().content_id(), ContentId::of(b"alpha"));
+
+        // Unchanged: nothing to do.
+        let again = store.rescan().unwrap();
+        assert!(again.added.is_empty() && again.removed.is_empty());
+
+        fs::remove_file(store.files_dir().join("inner")).unwrap();
+        fs::write(store.files_dir().join("b"), b"beta").unwrap();
+        let changes = store.rescan().unwrap();
+        assert_eq!(changes.removed, ["inner"]);
+        assert_eq!(changes.added.len(), 1);
+        assert_eq!(changes.added[0].name, "b");
+    }
+
+    #[test]
+    fn a_restart_uses_the_cache_and_a_corrupt_cache_costs_only_a_rehash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            fs::write(store.files_dir().join("a"), b"alpha").unwrap();
+            store.rescan().unwrap();
+        }
+        let cache = dir.path().join(".p2pshare/hash-cache.json");
+        let text = fs::read_to_string(&cache).unwrap();
+        assert!(text.contains(&ContentId::of(b"alpha").to_hex()));
+        // Poison the cached id: the store must notice and rehash, never trust it.
+        let poisoned = text.replace(
+            &format!("\"content_id\":\"{}\"", ContentId::of(b"alpha")),
+            &format!("\"content_id\":\"{}\"", ContentId::of(b"x")),
+        );
+        assert_ne!(poisoned, text);
+        fs::write(&cache, poisoned).unwrap();
+        let (store, created) = Store::open(dir.path()).unwrap();
+        assert!(!created);
+        store.rescan().unwrap();
+        assert_eq!(store.get("a").unwrap().content_id(), ContentId::of(b"alpha"));
+    }
+
+    #[test]
+    fn adopt_never_replaces_different_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        fs::write(store.files_dir().join("f"), b"mine").unwrap();
+        store.rescan().unwrap();
+        let part = store.partial_dir().join("x.part");
+        fs::write(&part, b"theirs").unwrap();
+        let err = store
+            .adopt(&part, "f", Arc::new(Manifest::of_bytes(b"theirs")))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NameTaken(_)));
+        assert_eq!(fs::read(store.files_dir().join("f")).unwrap(), b"mine");
+
+        fs::write(&part, b"mine").unwrap();
+        store.adopt(&part, "f", Arc::new(Manifest::of_bytes(b"mine"))).unwrap();
+        assert!(!part.exists());
+
+        fs::write(&part, b"new").unwrap();
+        let adopted = store.adopt(&part, "g", Arc::new(Manifest::of_bytes(b"new"))).unwrap();
+        assert_eq!(fs::read(&adopted.path).unwrap(), b"new");
+        assert!(store.get("g").is_some());
+    }
+}

@@ -1,0 +1,242 @@
+//! A peer's connection to the tracker: registration with its session token, heartbeats,
+//! announcements and queries. Every call has a deadline, so a tracker that is down gives a clear
+//! "tracker unreachable" error instead of a hang.
+
+use crate::pb::tracker as pb;
+use crate::pb::tracker::tracker_client::TrackerClient;
+use std::sync::Mutex;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Deadline of one call to the tracker.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors talking to the tracker.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerLinkError {
+    /// No answer: the tracker is down or the address is wrong.
+    #[error("tracker unreachable at {address}: {detail} (is `tracker` running there?)")]
+    Unreachable {
+        /// Where we tried.
+        address: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The peer is not registered (yet, or any more).
+    #[error("not registered with the tracker (yet); retrying in the background")]
+    NotRegistered,
+    /// The tracker answered with an error.
+    #[error("tracker: {}", .0.message())]
+    Rejected(Status),
+}
+
+impl TrackerLinkError {
+    /// The gRPC code, if the tracker answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            TrackerLinkError::Rejected(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+/// What a successful registration gave us.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Token for authenticated calls.
+    pub token: String,
+    /// Heartbeat interval the tracker asked for.
+    pub heartbeat_interval: Duration,
+    /// Address the tracker gives others for us.
+    pub advertised_address: String,
+}
+
+/// The link to the tracker.
+#[derive(Debug)]
+pub struct TrackerLink {
+    address: String,
+    client: TrackerClient<Channel>,
+    peer_id: String,
+    port: u16,
+    advertise_host: String,
+    session: Mutex<Option<Session>>,
+}
+
+impl TrackerLink {
+    /// A link to the tracker at `address` (`host:port`) for peer `peer_id` serving on `port`.
+    pub fn new(
+        address: &str,
+        peer_id: &str,
+        port: u16,
+        advertise_host: &str,
+    ) -> Result<Self, TrackerLinkError> {
+        let channel = crate::grpc::channel(address).map_err(|e| TrackerLinkError::Unreachable {
+            address: address.to_string(),
+            detail: format!("bad address: {e}"),
+        })?;
+        Ok(TrackerLink {
+            address: address.to_string(),
+            client: TrackerClient::new(channel),
+            peer_id: peer_id.to_string(),
+            port,
+            advertise_host: advertise_host.to_string(),
+            session: Mutex::new(None),
+        })
+    }
+
+    /// The tracker's address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The current session, if registered.
+    pub fn session(&self) -> Option<Session> {
+        self.session.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_session(&self, session: Option<Session>) {
+        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = session;
+    }
+
+    fn token(&self) -> Result<String, TrackerLinkError> {
+        self.session()
+            .map(|s| s.token)
+            .ok_or(TrackerLinkError::NotRegistered)
+    }
+
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, TrackerLinkError>
+    where
+        F: FnOnce(TrackerClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let unreachable = |detail: String| TrackerLinkError::Unreachable {
+            address: self.address.clone(),
+            detail,
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, f(self.client.clone())).await {
+            Err(_) => Err(unreachable(format!("no answer within {CALL_TIMEOUT:?}"))),
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            // Transport failures surface as UNAVAILABLE (or UNKNOWN with a transport cause).
+            Ok(Err(status)) if status.code() == Code::Unavailable => {
+                Err(unreachable(status.message().to_string()))
+            }
+            Ok(Err(status)) => Err(TrackerLinkError::Rejected(status)),
+        }
+    }
+
+    /// Registers with the full catalog `files`; remembers the session.
+    pub async fn register(&self, files: Vec<pb::FileEntry>) -> Result<Session, TrackerLinkError> {
+        let previous = self.session().map(|s| s.token).unwrap_or_default();
+        let request = pb::RegisterRequest {
+            peer_id: self.peer_id.clone(),
+            port: self.port as u32,
+            advertise_host: self.advertise_host.clone(),
+            files,
+            session_token: previous,
+        };
+        let response = self
+            .call(|mut c| async move { c.register(request).await })
+            .await?;
+        let session = Session {
+            token: response.session_token,
+            heartbeat_interval: Duration::from_secs(response.heartbeat_interval_secs.max(1) as u64),
+            advertised_address: response.advertised_address,
+        };
+        self.set_session(Some(session.clone()));
+        Ok(session)
+    }
+
+    /// Heartbeats. `Err(NotRegistered)` means: register again (the tracker forgot us).
+    pub async fn heartbeat(&self) -> Result<(), TrackerLinkError> {
+        let request = pb::HeartbeatRequest {
+            peer_id: self.peer_id.clone(),
+            session_token: self.token()?,
+        };
+        match self
+            .call(|mut c| async move { c.heartbeat(request).await })
+            .await
+        {
+            Ok(response) => {
+                if let Some(mut s) = self.session() {
+                    s.heartbeat_interval =
+                        Duration::from_secs(response.heartbeat_interval_secs.max(1) as u64);
+                    self.set_session(Some(s));
+                }
+                Ok(())
+            }
+            Err(e) if e.code() == Some(Code::NotFound) => {
+                self.set_session(None);
+                Err(TrackerLinkError::NotRegistered)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Announces a file (NEW_FILE).
+    pub async fn announce(&self, file: pb::FileEntry) -> Result<(), TrackerLinkError> {
+        let request = pb::AnnounceFileRequest {
+            peer_id: self.peer_id.clone(),
+            session_token: self.token()?,
+            file: Some(file),
+        };
+        self.call(|mut c| async move { c.announce_file(request).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// Withdraws a file.
+    pub async fn withdraw(&self, name: &str) -> Result<(), TrackerLinkError> {
+        let request = pb::WithdrawFileRequest {
+            peer_id: self.peer_id.clone(),
+            session_token: self.token()?,
+            name: name.to_string(),
+        };
+        self.call(|mut c| async move { c.withdraw_file(request).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// Leaves the swarm (if registered).
+    pub async fn leave(&self) -> Result<(), TrackerLinkError> {
+        let request = pb::LeaveRequest {
+            peer_id: self.peer_id.clone(),
+            session_token: self.token()?,
+        };
+        let result = self
+            .call(|mut c| async move { c.leave(request).await })
+            .await
+            .map(|_| ());
+        self.set_session(None);
+        result
+    }
+
+    /// Versions of a file and their holders.
+    pub async fn who_has(
+        &self,
+        name: &str,
+        content_id_prefix: &str,
+    ) -> Result<Vec<pb::FileVersion>, TrackerLinkError> {
+        let request = pb::WhoHasRequest {
+            name: name.to_string(),
+            content_id_prefix: content_id_prefix.to_string(),
+        };
+        self.call(|mut c| async move { c.who_has(request).await })
+            .await
+            .map(|r| r.versions)
+    }
+
+    /// Live peers.
+    pub async fn peers(&self) -> Result<Vec<pb::PeerSummary>, TrackerLinkError> {
+        self.call(|mut c| async move { c.list_peers(pb::ListPeersRequest {}).await })
+            .await
+            .map(|r| r.peers)
+    }
+
+    /// Every file in the swarm.
+    pub async fn files(&self) -> Result<Vec<pb::FileSummary>, TrackerLinkError> {
+        self.call(|mut c| async move { c.list_files(pb::ListFilesRequest {}).await })
+            .await
+            .map(|r| r.files)
+    }
+}
