@@ -82,6 +82,8 @@ pub struct StartInfo {
     pub shared: usize,
     /// Entries not shared, with why.
     pub skipped: Vec<String>,
+    /// Bytes hashed at start (0 on a restart over unchanged files: the hash cache answered).
+    pub hashed_bytes: u64,
     /// Registration outcome: Ok(advertised address) or the error (retried in the background).
     pub registration: Result<String, String>,
 }
@@ -165,6 +167,7 @@ impl PeerNode {
             created_folder,
             shared: node.store.list().len(),
             skipped: scan.skipped,
+            hashed_bytes: scan.hashed_bytes,
             registration,
         };
         Ok((node, info))

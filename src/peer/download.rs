@@ -17,7 +17,7 @@ use crate::pb::peer as pb;
 use crate::pb::peer::peer_client::PeerClient;
 use crate::pb::tracker::FileVersion;
 use crate::peer::schedule::{Assignment, HolderIndex, Next, Scheduler};
-use crate::peer::store::{StoreError, SharedFile};
+use crate::peer::store::{SharedFile, StoreError};
 use crate::peer::tracker_link::TrackerLinkError;
 use crate::peer::PeerNode;
 use bytes::{Bytes, BytesMut};
@@ -116,9 +116,7 @@ impl DownloadRequest {
     /// Parses `name` or `name@<content id prefix>`.
     pub fn parse(spec: &str, destination: Destination) -> Self {
         let (name, prefix) = match spec.rsplit_once('@') {
-            Some((name, prefix)) if crate::chunking::is_content_id_prefix(prefix) => {
-                (name, prefix)
-            }
+            Some((name, prefix)) if crate::chunking::is_content_id_prefix(prefix) => (name, prefix),
             _ => (spec, ""),
         };
         DownloadRequest {
@@ -193,17 +191,23 @@ struct Claim<'a> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        self.set.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        self.set
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 
 impl ActiveDownloads {
     fn claim(&self, id: ContentId) -> Option<Claim<'_>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id)
-            .then_some(Claim { set: self, id })
+        // The guard must be gone before a Claim can exist: dropping a Claim takes the lock.
+        let inserted = self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+        if inserted {
+            Some(Claim { set: self, id })
+        } else {
+            None
+        }
     }
 }
 
@@ -218,7 +222,11 @@ struct Partial {
 impl Partial {
     /// Opens the resumable partial file for `manifest` (or a fresh scratch one) and returns it
     /// with the pieces already verified in it.
-    fn open(dir: &Path, manifest: &Manifest, resumable: bool) -> std::io::Result<(Self, Vec<bool>)> {
+    fn open(
+        dir: &Path,
+        manifest: &Manifest,
+        resumable: bool,
+    ) -> std::io::Result<(Self, Vec<bool>)> {
         let size = manifest.geometry().size();
         let pieces = manifest.geometry().piece_count() as usize;
         if !resumable {
@@ -228,7 +236,14 @@ impl Partial {
                 .tempfile_in(dir)?;
             let (file, path) = tmp.keep().map_err(|e| e.error)?;
             file.set_len(size)?;
-            return Ok((Partial { path, record: None, file }, vec![false; pieces]));
+            return Ok((
+                Partial {
+                    path,
+                    record: None,
+                    file,
+                },
+                vec![false; pieces],
+            ));
         }
         let id = manifest.content_id().to_hex();
         let path = dir.join(format!("{id}.part"));
@@ -396,7 +411,12 @@ impl Run {
         let mut client = state.client.clone();
         let call = tokio::time::timeout(self.stall_timeout, client.get_blocks(request));
         let mut stream = match call.await {
-            Err(_) => return Err(FetchError::Failed(format!("no answer within {:?}", self.stall_timeout))),
+            Err(_) => {
+                return Err(FetchError::Failed(format!(
+                    "no answer within {:?}",
+                    self.stall_timeout
+                )))
+            }
             Ok(Err(status)) if status.code() == Code::ResourceExhausted => {
                 return Err(FetchError::Busy(status.message().to_string()))
             }
@@ -484,14 +504,20 @@ impl Run {
     }
 
     /// Waits for a piece's verification and write, then records it.
-    async fn finish_piece(&self, holder: HolderIndex, pending: PendingPiece) -> Result<(), FetchError> {
+    async fn finish_piece(
+        &self,
+        holder: HolderIndex,
+        pending: PendingPiece,
+    ) -> Result<(), FetchError> {
         pending
             .task
             .await
             .map_err(|e| FetchError::Local(std::io::Error::other(e)))??;
         if self.lock().complete(pending.piece) {
             self.fetched.fetch_add(pending.len, Ordering::Relaxed);
-            self.holders[holder].bytes.fetch_add(pending.len, Ordering::Relaxed);
+            self.holders[holder]
+                .bytes
+                .fetch_add(pending.len, Ordering::Relaxed);
             self.progress.done.fetch_add(pending.len, Ordering::Relaxed);
             self.changed.notify_waiters();
         }
@@ -531,7 +557,10 @@ impl PeerNode {
             Err(e) => return Err(e.into()),
         };
         let (version, note) = pick_version(&versions, request)?;
-        let content_id: ContentId = version.content_id.parse().map_err(|_| DownloadError::NotFound(request.name.clone()))?;
+        let content_id: ContentId = version
+            .content_id
+            .parse()
+            .map_err(|_| DownloadError::NotFound(request.name.clone()))?;
 
         if request.destination == Destination::Files {
             if let Some(mine) = self.store().get(&request.name) {
@@ -559,8 +588,11 @@ impl PeerNode {
                 ))
             })
             .collect();
-        let manifest = Arc::new(fetch_manifest(&request.name, content_id, version.size, &clients).await?);
-        progress.total.store(manifest.geometry().size(), Ordering::Relaxed);
+        let manifest =
+            Arc::new(fetch_manifest(&request.name, content_id, version.size, &clients).await?);
+        progress
+            .total
+            .store(manifest.geometry().size(), Ordering::Relaxed);
 
         let claim = match request.destination {
             Destination::Files => self.active_downloads().claim(content_id),
@@ -585,7 +617,8 @@ impl PeerNode {
             })
             .sum();
         progress.done.store(resumed, Ordering::Relaxed);
-        let unit = Scheduler::unit_pieces(geometry.piece_count(), geometry.piece_size(), clients.len());
+        let unit =
+            Scheduler::unit_pieces(geometry.piece_count(), geometry.piece_size(), clients.len());
         let run = Arc::new(Run {
             manifest: manifest.clone(),
             scheduler: Mutex::new(Scheduler::new(done, unit)),
@@ -660,19 +693,20 @@ impl PeerNode {
             Destination::Files => {
                 let store = self.store_arc();
                 let name = request.name.clone();
-                let file = tokio::task::spawn_blocking(move || -> Result<SharedFile, DownloadError> {
-                    partial.file.sync_all()?;
-                    let result = store.adopt(&partial.path, &name, manifest);
-                    if let Some(record) = &partial.record {
-                        let _ = std::fs::remove_file(record);
-                    }
-                    if result.is_err() {
-                        let _ = std::fs::remove_file(&partial.path);
-                    }
-                    Ok(result?)
-                })
-                .await
-                .map_err(std::io::Error::other)??;
+                let file =
+                    tokio::task::spawn_blocking(move || -> Result<SharedFile, DownloadError> {
+                        partial.file.sync_all()?;
+                        let result = store.adopt(&partial.path, &name, manifest);
+                        if let Some(record) = &partial.record {
+                            let _ = std::fs::remove_file(record);
+                        }
+                        if result.is_err() {
+                            let _ = std::fs::remove_file(&partial.path);
+                        }
+                        Ok(result?)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)??;
                 report.path = Some(file.path.clone());
                 if let Err(e) = self.announce(&file).await {
                     tracing::warn!(error = %e, file = %file.name, "downloaded but not announced yet; will be on the next registration");
@@ -775,7 +809,11 @@ async fn fetch_manifest(
             }),
         };
         let mut client = client.clone();
-        let answer = tokio::time::timeout(crate::peer::tracker_link::CALL_TIMEOUT, client.get_manifest(request)).await;
+        let answer = tokio::time::timeout(
+            crate::peer::tracker_link::CALL_TIMEOUT,
+            client.get_manifest(request),
+        )
+        .await;
         let response = match answer {
             Err(_) => {
                 problems.push(format!("{peer_id}: no answer"));
@@ -791,12 +829,19 @@ async fn fetch_manifest(
             .map_err(|e| e.to_string())
             .and_then(|g| {
                 if g.size() != size {
-                    return Err(format!("size {} differs from the tracker's {size}", g.size()));
+                    return Err(format!(
+                        "size {} differs from the tracker's {size}",
+                        g.size()
+                    ));
                 }
                 Manifest::from_parts(
                     content_id,
                     g,
-                    response.piece_hashes.into_iter().map(|b| b.to_vec()).collect(),
+                    response
+                        .piece_hashes
+                        .into_iter()
+                        .map(|b| b.to_vec())
+                        .collect(),
                 )
                 .map_err(|e| e.to_string())
             });
@@ -821,9 +866,15 @@ mod tests {
     #[test]
     fn request_specs_parse() {
         let r = DownloadRequest::parse("a.txt", Destination::Files);
-        assert_eq!((r.name.as_str(), r.content_id_prefix.as_str()), ("a.txt", ""));
+        assert_eq!(
+            (r.name.as_str(), r.content_id_prefix.as_str()),
+            ("a.txt", "")
+        );
         let r = DownloadRequest::parse("a.txt@ea8f16", Destination::Files);
-        assert_eq!((r.name.as_str(), r.content_id_prefix.as_str()), ("a.txt", "ea8f16"));
+        assert_eq!(
+            (r.name.as_str(), r.content_id_prefix.as_str()),
+            ("a.txt", "ea8f16")
+        );
         let r = DownloadRequest::parse("me@home.txt", Destination::Files);
         assert_eq!(r.name, "me@home.txt");
     }

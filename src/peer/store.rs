@@ -73,6 +73,8 @@ pub struct ScanChanges {
     pub removed: Vec<String>,
     /// Entries skipped, with why (unsafe names, symlinks out of the folder, unreadable files).
     pub skipped: Vec<String>,
+    /// Bytes read and hashed (0 when every file was known or in the hash cache).
+    pub hashed_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -214,7 +216,9 @@ impl Store {
         let mut seen = Vec::new();
         for entry in entries.flatten() {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                changes.skipped.push(format!("{:?}: name is not UTF-8", entry.file_name()));
+                changes
+                    .skipped
+                    .push(format!("{:?}: name is not UTF-8", entry.file_name()));
                 continue;
             };
             if let Err(e) = validate_file_name(&name) {
@@ -243,7 +247,10 @@ impl Store {
             let manifest = match cached {
                 Some(m) => m,
                 None => match hash_file(&path, size, mtime) {
-                    Ok(m) => m,
+                    Ok(m) => {
+                        changes.hashed_bytes += size;
+                        m
+                    }
                     Err(e) => {
                         // Changing under us or unreadable: try again at the next scan.
                         changes.skipped.push(format!("{name:?}: {e}"));
@@ -299,9 +306,9 @@ impl Store {
                 .map(|target| target.starts_with(files_dir_real))
                 .unwrap_or(false);
             if !inside {
-                changes
-                    .skipped
-                    .push(format!("{name:?}: symlink pointing outside files/ is not shared"));
+                changes.skipped.push(format!(
+                    "{name:?}: symlink pointing outside files/ is not shared"
+                ));
                 return None;
             }
         }
@@ -372,7 +379,9 @@ impl Store {
         shared.insert(name.to_string(), file.clone());
         drop(shared);
         let mut cache = self.load_cache();
-        cache.entries.insert(name.to_string(), CacheEntry::of(&file));
+        cache
+            .entries
+            .insert(name.to_string(), CacheEntry::of(&file));
         self.save_cache(&cache);
         Ok(file)
     }
@@ -414,15 +423,21 @@ mod tests {
         let outside = dir.path().join("secret");
         fs::write(&outside, b"secret").unwrap();
         std::os::unix::fs::symlink(&outside, store.files_dir().join("link")).unwrap();
-        std::os::unix::fs::symlink(store.files_dir().join("a.txt"), store.files_dir().join("inner"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            store.files_dir().join("a.txt"),
+            store.files_dir().join("inner"),
+        )
+        .unwrap();
 
         let changes = store.rescan().unwrap();
         let mut names: Vec<_> = changes.added.iter().map(|f| f.name.as_str()).collect();
         names.sort();
         assert_eq!(names, ["a.txt", "inner"]);
         assert!(changes.skipped.iter().any(|s| s.contains("link")));
-        assert_eq!(store.get("a.txt").unwrap().content_id(), ContentId::of(b"alpha"));
+        assert_eq!(
+            store.get("a.txt").unwrap().content_id(),
+            ContentId::of(b"alpha")
+        );
 
         // Unchanged: nothing to do.
         let again = store.rescan().unwrap();
@@ -457,7 +472,10 @@ mod tests {
         let (store, created) = Store::open(dir.path()).unwrap();
         assert!(!created);
         store.rescan().unwrap();
-        assert_eq!(store.get("a").unwrap().content_id(), ContentId::of(b"alpha"));
+        assert_eq!(
+            store.get("a").unwrap().content_id(),
+            ContentId::of(b"alpha")
+        );
     }
 
     #[test]
@@ -475,11 +493,15 @@ mod tests {
         assert_eq!(fs::read(store.files_dir().join("f")).unwrap(), b"mine");
 
         fs::write(&part, b"mine").unwrap();
-        store.adopt(&part, "f", Arc::new(Manifest::of_bytes(b"mine"))).unwrap();
+        store
+            .adopt(&part, "f", Arc::new(Manifest::of_bytes(b"mine")))
+            .unwrap();
         assert!(!part.exists());
 
         fs::write(&part, b"new").unwrap();
-        let adopted = store.adopt(&part, "g", Arc::new(Manifest::of_bytes(b"new"))).unwrap();
+        let adopted = store
+            .adopt(&part, "g", Arc::new(Manifest::of_bytes(b"new")))
+            .unwrap();
         assert_eq!(fs::read(&adopted.path).unwrap(), b"new");
         assert!(store.get("g").is_some());
     }
