@@ -14,7 +14,14 @@ use std::time::{Duration, Instant};
 pub const CSV_NAME: &str = "download_times.csv";
 /// The CSV header.
 pub const CSV_HEADER: [&str; 8] = [
-    "timestamp", "peer_id", "file", "bytes", "run", "seconds", "mb_per_s", "holders",
+    "timestamp",
+    "peer_id",
+    "file",
+    "bytes",
+    "run",
+    "seconds",
+    "mb_per_s",
+    "holders",
 ];
 
 /// One row of `download_times.csv`.
@@ -41,7 +48,10 @@ pub struct BenchRow {
 /// Appends rows to the CSV at `path`, writing the header first if the file is new or empty.
 pub fn append_csv(path: &Path, rows: &[BenchRow]) -> std::io::Result<()> {
     let new = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     let mut writer = csv::Writer::from_writer(file);
     if new {
         writer.write_record(CSV_HEADER)?;
@@ -79,7 +89,12 @@ fn remove_scratch(report: &DownloadReport) {
 
 /// `bench <file> [runs]`: downloads `file` `runs` times in a row, prints each run and the mean,
 /// appends one row per run to `download_times.csv`.
-pub async fn bench(node: &Arc<PeerNode>, file: &str, runs: u32, out: &mut dyn Write) -> Result<Vec<BenchRow>, String> {
+pub async fn bench(
+    node: &Arc<PeerNode>,
+    file: &str,
+    runs: u32,
+    out: &mut dyn Write,
+) -> Result<Vec<BenchRow>, String> {
     let csv_path = node.store().root().join(CSV_NAME);
     let mut rows = Vec::new();
     for run in 1..=runs {
@@ -103,7 +118,8 @@ pub async fn bench(node: &Arc<PeerNode>, file: &str, runs: u32, out: &mut dyn Wr
             row.mb_per_s,
             row.holders
         );
-        append_csv(&csv_path, std::slice::from_ref(&row)).map_err(|e| format!("writing {}: {e}", csv_path.display()))?;
+        append_csv(&csv_path, std::slice::from_ref(&row))
+            .map_err(|e| format!("writing {}: {e}", csv_path.display()))?;
         rows.push(row);
     }
     let mean_secs = rows.iter().map(|r| r.seconds).sum::<f64>() / rows.len().max(1) as f64;
@@ -134,7 +150,12 @@ pub struct StressReport {
 
 /// `stress <file> [threads]`: runs `threads` downloads at once, then re-hashes every copy from
 /// disk and checks it against the content id the tracker announced.
-pub async fn stress(node: &Arc<PeerNode>, file: &str, threads: u32, out: &mut dyn Write) -> Result<StressReport, String> {
+pub async fn stress(
+    node: &Arc<PeerNode>,
+    file: &str,
+    threads: u32,
+    out: &mut dyn Write,
+) -> Result<StressReport, String> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..threads {
@@ -148,7 +169,11 @@ pub async fn stress(node: &Arc<PeerNode>, file: &str, threads: u32, out: &mut dy
                 let path = path?;
                 let f = std::fs::File::open(&path).ok()?;
                 let size = f.metadata().ok()?.len();
-                Some(Manifest::from_reader(std::io::BufReader::new(f), size).ok()?.content_id())
+                Some(
+                    Manifest::from_reader(std::io::BufReader::new(f), size)
+                        .ok()?
+                        .content_id(),
+                )
             })
             .await
             .ok()
@@ -157,7 +182,13 @@ pub async fn stress(node: &Arc<PeerNode>, file: &str, threads: u32, out: &mut dy
             Ok::<_, String>((report, copy_id))
         });
     }
-    let mut result = StressReport { succeeded: 0, failed: vec![], mismatched: 0, elapsed: Duration::ZERO, bytes: 0 };
+    let mut result = StressReport {
+        succeeded: 0,
+        failed: vec![],
+        mismatched: 0,
+        elapsed: Duration::ZERO,
+        bytes: 0,
+    };
     let mut ids = std::collections::BTreeSet::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
@@ -203,13 +234,25 @@ mod tests {
     fn csv_gets_one_header_and_a_row_per_run() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(CSV_NAME);
-        let row = |run| BenchRow { timestamp: 1.5, peer_id: "A".into(), file: "f,1".into(), bytes: 10, run, seconds: 0.25, mb_per_s: 4e-5, holders: 2 };
+        let row = |run| BenchRow {
+            timestamp: 1.5,
+            peer_id: "A".into(),
+            file: "f,1".into(),
+            bytes: 10,
+            run,
+            seconds: 0.25,
+            mb_per_s: 4e-5,
+            holders: 2,
+        };
         append_csv(&path, &[row(1)]).unwrap();
         append_csv(&path, &[row(2), row(3)]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert_eq!(lines[0], "timestamp,peer_id,file,bytes,run,seconds,mb_per_s,holders");
+        assert_eq!(
+            lines[0],
+            "timestamp,peer_id,file,bytes,run,seconds,mb_per_s,holders"
+        );
         assert_eq!(lines[3], "1.500,A,\"f,1\",10,3,0.250000,0.000,2");
     }
 }

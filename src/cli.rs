@@ -50,7 +50,9 @@ pub fn reachable_addresses(local: SocketAddr) -> Vec<SocketAddr> {
     if ips.is_empty() {
         ips.push(IpAddr::from([127, 0, 0, 1]));
     }
-    ips.into_iter().map(|ip| SocketAddr::new(ip, local.port())).collect()
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, local.port()))
+        .collect()
 }
 
 /// Resolves the peer's `TRACKER_IP` argument: `host`, `host:port`, `[v6]` or `[v6]:port`;
@@ -63,7 +65,11 @@ pub fn tracker_address(arg: &str, default_port: u16) -> Result<String, String> {
     if let Ok(sa) = arg.parse::<SocketAddr>() {
         return Ok(sa.to_string());
     }
-    if let Ok(ip) = arg.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = arg
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         return Ok(SocketAddr::new(ip, default_port).to_string());
     }
     let (host, port) = match arg.rsplit_once(':') {
@@ -90,7 +96,10 @@ mod tests {
 
     #[test]
     fn tracker_addresses_resolve() {
-        assert_eq!(tracker_address("127.0.0.1", 8000).unwrap(), "127.0.0.1:8000");
+        assert_eq!(
+            tracker_address("127.0.0.1", 8000).unwrap(),
+            "127.0.0.1:8000"
+        );
         assert_eq!(tracker_address("127.0.0.1:9", 8000).unwrap(), "127.0.0.1:9");
         assert_eq!(tracker_address("::1", 8000).unwrap(), "[::1]:8000");
         assert_eq!(tracker_address("[::1]:7", 8000).unwrap(), "[::1]:7");

@@ -59,7 +59,10 @@ mod tests {
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let t = t.strip_suffix("/s").unwrap_or(t);
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (number, multiplier) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
         Some('K') => (&t[..t.len() - 1], 1u64 << 10),
         Some('M') => (&t[..t.len() - 1], 1 << 20),
@@ -71,7 +74,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         Ok(n) if n.is_finite() && n > 0.0 && n * (multiplier as f64) < u64::MAX as f64 => {
             Ok((n * multiplier as f64) as u64)
         }
-        _ => Err(format!("{text:?} is not a size like 4096, 500K, 10M or 1.5G")),
+        _ => Err(format!(
+            "{text:?} is not a size like 4096, 500K, 10M or 1.5G"
+        )),
     }
 }
 

@@ -67,9 +67,9 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
     let tracker = p2pshare::cli::tracker_address(&args.tracker_ip, args.tracker_port)
         .map_err(|e| anyhow::anyhow!("bad TRACKER_IP: {e}"))?;
     let addr = SocketAddr::new(args.bind, args.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (port in use? pick another PORT, or 0 for any free one)"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (port in use? pick another PORT, or 0 for any free one)")
+    })?;
     let dir = args.root.join(&args.peer_id);
     let mut config = PeerConfig::new(&args.peer_id, dir.clone(), &tracker);
     config.advertise_host = args.advertise_addr.clone();
@@ -83,7 +83,10 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot start peer {}", args.peer_id))?;
     if info.created_folder {
-        println!("created {} (it did not exist): put files there to share them", dir.join("files").display());
+        println!(
+            "created {} (it did not exist): put files there to share them",
+            dir.join("files").display()
+        );
     }
     for why in &info.skipped {
         println!("not shared: {why}");

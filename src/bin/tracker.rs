@@ -25,9 +25,9 @@ async fn main() -> anyhow::Result<()> {
     p2pshare::cli::init_logging("info");
     let args = Args::parse();
     let addr = SocketAddr::new(args.bind, args.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (port in use? try --port 0 or another port)"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (port in use? try --port 0 or another port)")
+    })?;
     let local = listener.local_addr()?;
     println!("tracker listening on {local}");
     for reachable in p2pshare::cli::reachable_addresses(local) {

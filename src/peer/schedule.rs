@@ -137,7 +137,8 @@ impl Scheduler {
             let Some(pieces) = self.trim(&f.pieces) else {
                 continue;
             };
-            let overlaps = |g: &InFlight| g.pieces.start < pieces.end && pieces.start < g.pieces.end;
+            let overlaps =
+                |g: &InFlight| g.pieces.start < pieces.end && pieces.start < g.pieces.end;
             if self
                 .in_flight
                 .iter()
@@ -176,7 +177,11 @@ impl Scheduler {
         let ended = self.in_flight.swap_remove(pos);
         let mut run_start = None;
         let mut runs = Vec::new();
-        for p in ended.pieces.clone().chain(std::iter::once(ended.pieces.end)) {
+        for p in ended
+            .pieces
+            .clone()
+            .chain(std::iter::once(ended.pieces.end))
+        {
             let pending = p < ended.pieces.end
                 && !self.is_done(p)
                 && !self.in_flight.iter().any(|f| f.pieces.contains(&p));
@@ -242,7 +247,10 @@ mod tests {
         }
         assert_eq!(fast_units, 19);
         assert!(s.complete(slow.pieces.start));
-        assert!(!s.complete(slow.pieces.start), "a duplicate completion is reported");
+        assert!(
+            !s.complete(slow.pieces.start),
+            "a duplicate completion is reported"
+        );
         assert_eq!(s.next(1), Next::Done);
     }
 

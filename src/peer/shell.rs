@@ -53,11 +53,23 @@ pub const DEFAULT_STRESS_THREADS: u32 = 10;
 pub const MAX_REPEAT: u32 = 1000;
 
 const HELP: &[(&str, &str)] = &[
-    ("get <file>[@<id>]", "download a file from every peer that has it into files/"),
+    (
+        "get <file>[@<id>]",
+        "download a file from every peer that has it into files/",
+    ),
     ("myfiles", "list the files this peer shares"),
-    ("whohas <file>", "ask the tracker who holds a file (each version, its holders)"),
-    ("bench <file> [runs]", "download a file `runs` times (default 5), log to download_times.csv"),
-    ("stress <file> [threads]", "run `threads` downloads at once (default 10), check every copy"),
+    (
+        "whohas <file>",
+        "ask the tracker who holds a file (each version, its holders)",
+    ),
+    (
+        "bench <file> [runs]",
+        "download a file `runs` times (default 5), log to download_times.csv",
+    ),
+    (
+        "stress <file> [threads]",
+        "run `threads` downloads at once (default 10), check every copy",
+    ),
     ("peers", "list the peers in the swarm"),
     ("files", "list every file the swarm offers"),
     ("help", "show this list"),
@@ -82,7 +94,9 @@ pub fn parse(line: &str) -> Result<Command, String> {
             None => Ok(default),
             Some(s) => match s.parse::<u32>() {
                 Ok(n) if (1..=MAX_REPEAT).contains(&n) => Ok(n),
-                _ => Err(format!("{what} must be a whole number from 1 to {MAX_REPEAT}, got {s:?}")),
+                _ => Err(format!(
+                    "{what} must be a whole number from 1 to {MAX_REPEAT}, got {s:?}"
+                )),
             },
         }
     };
@@ -126,7 +140,11 @@ pub fn parse(line: &str) -> Result<Command, String> {
 }
 
 /// Runs one command, writing its output to `out`. Returns false when the shell should stop.
-pub async fn execute(node: &Arc<PeerNode>, command: Command, out: &mut dyn Write) -> std::io::Result<bool> {
+pub async fn execute(
+    node: &Arc<PeerNode>,
+    command: Command,
+    out: &mut dyn Write,
+) -> std::io::Result<bool> {
     match command {
         Command::Nothing => {}
         Command::Exit => return Ok(false),
@@ -138,16 +156,30 @@ pub async fn execute(node: &Arc<PeerNode>, command: Command, out: &mut dyn Write
         Command::MyFiles => {
             let files = node.store().list();
             if files.is_empty() {
-                writeln!(out, "no files shared (put files in {})", node.store().files_dir().display())?;
+                writeln!(
+                    out,
+                    "no files shared (put files in {})",
+                    node.store().files_dir().display()
+                )?;
             }
             let width = files.iter().map(|f| f.name.len()).max().unwrap_or(4).max(4);
             for f in files {
-                writeln!(out, "  {:<width$}  {:>10}  {}", f.name, human::bytes(f.size), f.content_id().short())?;
+                writeln!(
+                    out,
+                    "  {:<width$}  {:>10}  {}",
+                    f.name,
+                    human::bytes(f.size),
+                    f.content_id().short()
+                )?;
             }
         }
         Command::WhoHas(spec) => {
             let request = DownloadRequest::parse(&spec, Destination::Files);
-            match node.tracker().who_has(&request.name, &request.content_id_prefix).await {
+            match node
+                .tracker()
+                .who_has(&request.name, &request.content_id_prefix)
+                .await
+            {
                 Ok(versions) => {
                     for v in versions {
                         let holders: Vec<String> = v
@@ -180,17 +212,31 @@ pub async fn execute(node: &Arc<PeerNode>, command: Command, out: &mut dyn Write
                         writeln!(out, "note: {note}")?;
                     }
                     if report.already_had {
-                        writeln!(out, "already have {} ({}, same content)", report.name, report.content_id.short())?;
+                        writeln!(
+                            out,
+                            "already have {} ({}, same content)",
+                            report.name,
+                            report.content_id.short()
+                        )?;
                     } else {
                         if report.resumed > 0 {
-                            writeln!(out, "resumed: {} kept from an earlier attempt, {} fetched now", human::bytes(report.resumed), human::bytes(report.fetched))?;
+                            writeln!(
+                                out,
+                                "resumed: {} kept from an earlier attempt, {} fetched now",
+                                human::bytes(report.resumed),
+                                human::bytes(report.fetched)
+                            )?;
                         }
                         let used: Vec<String> = report
                             .holders
                             .iter()
                             .map(|h| match &h.dropped {
                                 None => format!("{} {}", h.peer_id, human::bytes(h.bytes)),
-                                Some(why) => format!("{} {} (dropped: {why})", h.peer_id, human::bytes(h.bytes)),
+                                Some(why) => format!(
+                                    "{} {} (dropped: {why})",
+                                    h.peer_id,
+                                    human::bytes(h.bytes)
+                                ),
                             })
                             .collect();
                         writeln!(
@@ -222,7 +268,14 @@ pub async fn execute(node: &Arc<PeerNode>, command: Command, out: &mut dyn Write
         Command::Peers => match node.tracker().peers().await {
             Ok(peers) => {
                 for p in peers {
-                    writeln!(out, "  {:<16} {:<22} {:>4} file(s) {:>10}", p.peer_id, p.address, p.file_count, human::bytes(p.total_bytes))?;
+                    writeln!(
+                        out,
+                        "  {:<16} {:<22} {:>4} file(s) {:>10}",
+                        p.peer_id,
+                        p.address,
+                        p.file_count,
+                        human::bytes(p.total_bytes)
+                    )?;
                 }
             }
             Err(e) => writeln!(out, "error: {e}")?,
@@ -233,7 +286,14 @@ pub async fn execute(node: &Arc<PeerNode>, command: Command, out: &mut dyn Write
                     writeln!(out, "the swarm offers no files")?;
                 }
                 for f in files {
-                    writeln!(out, "  {:<32} {:>10}  {}  {} holder(s)", f.name, human::bytes(f.size), &f.content_id[..12], f.holder_count)?;
+                    writeln!(
+                        out,
+                        "  {:<32} {:>10}  {}  {} holder(s)",
+                        f.name,
+                        human::bytes(f.size),
+                        &f.content_id[..12],
+                        f.holder_count
+                    )?;
                 }
             }
             Err(e) => writeln!(out, "error: {e}")?,
@@ -323,11 +383,17 @@ mod tests {
         assert_eq!(parse("  "), Ok(Command::Nothing));
         assert_eq!(
             parse("bench v.mp4"),
-            Ok(Command::Bench { file: "v.mp4".into(), runs: DEFAULT_BENCH_RUNS })
+            Ok(Command::Bench {
+                file: "v.mp4".into(),
+                runs: DEFAULT_BENCH_RUNS
+            })
         );
         assert_eq!(
             parse("stress v.mp4 20"),
-            Ok(Command::Stress { file: "v.mp4".into(), threads: 20 })
+            Ok(Command::Stress {
+                file: "v.mp4".into(),
+                threads: 20
+            })
         );
         assert_eq!(parse("exit"), Ok(Command::Exit));
         assert!(parse("get").unwrap_err().contains("usage"));

@@ -92,7 +92,10 @@ impl TrackerLink {
 
     /// The current session, if registered.
     pub fn session(&self) -> Option<Session> {
-        self.session.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_session(&self, session: Option<Session>) {
