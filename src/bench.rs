@@ -2,6 +2,7 @@
 //! (parallel downloads, every copy checked) for the peer shell.
 
 use crate::chunking::{ContentId, Manifest};
+use crate::console::{ProgressDisplay, ProgressMode};
 use crate::human;
 use crate::peer::download::{Destination, DownloadReport, DownloadRequest, Progress};
 use crate::peer::PeerNode;
@@ -72,10 +73,14 @@ pub fn append_csv(path: &Path, rows: &[BenchRow]) -> std::io::Result<()> {
 }
 
 /// One scratch download: a real transfer from the other holders, verified, then deleted.
-async fn scratch_download(node: &PeerNode, file: &str) -> Result<DownloadReport, String> {
+async fn scratch_download(
+    node: &PeerNode,
+    file: &str,
+    progress: Arc<Progress>,
+) -> Result<DownloadReport, String> {
     let request = DownloadRequest::parse(file, Destination::Scratch);
     let report = node
-        .download(&request, Arc::new(Progress::default()))
+        .download(&request, progress)
         .await
         .map_err(|e| e.to_string())?;
     Ok(report)
@@ -94,11 +99,17 @@ pub async fn bench(
     file: &str,
     runs: u32,
     out: &mut dyn Write,
+    mode: ProgressMode,
 ) -> Result<Vec<BenchRow>, String> {
     let csv_path = node.store().root().join(CSV_NAME);
     let mut rows = Vec::new();
     for run in 1..=runs {
-        let report = scratch_download(node, file).await?;
+        let progress = Arc::new(Progress::default());
+        let display =
+            ProgressDisplay::start(format!("run {run}/{runs}"), vec![progress.clone()], mode);
+        let report = scratch_download(node, file, progress).await;
+        display.finish().await;
+        let report = report?;
         remove_scratch(&report);
         let row = BenchRow {
             timestamp: crate::peer::store::unix_now(),
@@ -155,14 +166,17 @@ pub async fn stress(
     file: &str,
     threads: u32,
     out: &mut dyn Write,
+    mode: ProgressMode,
 ) -> Result<StressReport, String> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..threads {
+    let progress: Vec<Arc<Progress>> = (0..threads).map(|_| Arc::default()).collect();
+    let display = ProgressDisplay::start(format!("stress x{threads}"), progress.clone(), mode);
+    for item in progress {
         let node = node.clone();
         let file = file.to_string();
         tasks.spawn(async move {
-            let report = scratch_download(&node, &file).await?;
+            let report = scratch_download(&node, &file, item).await?;
             // Independent check of the copy on disk: hash it again, whole.
             let path = report.path.clone();
             let copy_id = tokio::task::spawn_blocking(move || -> Option<ContentId> {
@@ -205,6 +219,7 @@ pub async fn stress(
         }
     }
     result.elapsed = started.elapsed();
+    display.finish().await;
     let identical = result.mismatched == 0 && ids.len() <= 1;
     let _ = writeln!(
         out,

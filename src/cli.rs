@@ -2,14 +2,24 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-/// Logs to standard error, filtered by `RUST_LOG` (default `default_filter`).
+/// Logs to standard error, filtered by `RUST_LOG` (default `default_filter`), through
+/// [`crate::console::LogWriter`] so that a log line never garbles the prompt or a progress bar.
+/// Colours only when standard error is a terminal.
 pub fn init_logging(default_filter: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(crate::console::LogWriter::default)
         .init();
+}
+
+/// Prints a top-level error as one line (with its causes) and gives the failure exit status.
+pub fn fail(error: &anyhow::Error) -> std::process::ExitCode {
+    eprintln!("error: {error:#}");
+    std::process::ExitCode::FAILURE
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod chunking;
 pub mod cli;
+pub mod console;
 pub mod grpc;
 pub mod human;
 pub mod names;

@@ -45,19 +45,29 @@ struct Args {
     /// Seconds without data before a holder is given up on during a download.
     #[arg(long, default_value_t = 10)]
     stall_timeout: u64,
+    /// Run these shell commands (repeat the flag, or separate commands with ';') and exit:
+    /// status 0 if all succeeded, 1 otherwise.
+    #[arg(long, value_name = "COMMANDS")]
+    exec: Vec<String>,
     /// Seconds between scans of files/ for added, changed or removed files.
     #[arg(long, default_value_t = 2)]
     rescan_interval: u64,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     p2pshare::cli::init_logging(if args.no_shell { "info" } else { "warn" });
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return p2pshare::cli::fail(&e.into()),
+    };
     let result = runtime.block_on(run(args, runtime.handle().clone()));
     // Threads blocked on standard input must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_millis(100));
-    result
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => p2pshare::cli::fail(&e),
+    }
 }
 
 async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
@@ -102,7 +112,24 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
         Ok(address) => println!("registered with tracker {tracker} as {address}"),
         Err(e) => println!("warning: {e}; serving anyway and retrying in the background"),
     }
-    if args.no_shell {
+    let mut all_ok = true;
+    if !args.exec.is_empty() {
+        let lines: Vec<String> = args
+            .exec
+            .iter()
+            .flat_map(|e| e.split(';'))
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let script_node = node.clone();
+        let script = tokio::task::spawn_blocking(move || {
+            p2pshare::peer::shell::run_script(script_node, handle, &lines)
+        });
+        tokio::select! {
+            ok = script => all_ok = ok.unwrap_or(false),
+            _ = p2pshare::cli::shutdown_signal() => all_ok = false,
+        }
+    } else if args.no_shell {
         p2pshare::cli::shutdown_signal().await;
     } else {
         println!("type help for commands");
@@ -119,5 +146,8 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     println!("peer {} left the swarm", node.id());
+    if !all_ok {
+        bail!("a command failed");
+    }
     Ok(())
 }

@@ -58,14 +58,18 @@ async fn main() -> anyhow::Result<()> {
     ));
     println!("tracker on {tracker_addr}");
 
-    println!("writing a {} test file ...", p2pshare::human::bytes(args.size));
+    println!(
+        "writing a {} test file ...",
+        p2pshare::human::bytes(args.size)
+    );
     let name = "video.bin";
     let original = root.join("original.bin");
     std::fs::create_dir_all(&root)?;
     write_random(&original, args.size)?;
     let original_id = {
         let f = std::fs::File::open(&original)?;
-        Manifest::from_reader(std::io::BufReader::with_capacity(1 << 20, f), args.size)?.content_id()
+        Manifest::from_reader(std::io::BufReader::with_capacity(1 << 20, f), args.size)?
+            .content_id()
     };
 
     let mut seeders = Vec::new();
@@ -93,7 +97,13 @@ async fn main() -> anyhow::Result<()> {
     for line in &script {
         println!("D> {line}");
         let mut out = Vec::new();
-        execute(&downloader, parse(line).map_err(anyhow::Error::msg)?, &mut out).await?;
+        execute(
+            &downloader,
+            parse(line).map_err(anyhow::Error::msg)?,
+            &mut out,
+            p2pshare::console::ProgressMode::detect(),
+        )
+        .await?;
         print!("{}", String::from_utf8_lossy(&out));
         println!();
     }
@@ -101,9 +111,13 @@ async fn main() -> anyhow::Result<()> {
     let got = root.join("D/files").join(name);
     let got_id = {
         let f = std::fs::File::open(&got).with_context(|| format!("{} missing", got.display()))?;
-        Manifest::from_reader(std::io::BufReader::with_capacity(1 << 20, f), args.size)?.content_id()
+        Manifest::from_reader(std::io::BufReader::with_capacity(1 << 20, f), args.size)?
+            .content_id()
     };
-    ensure!(got_id == original_id, "downloaded file differs from the original");
+    ensure!(
+        got_id == original_id,
+        "downloaded file differs from the original"
+    );
     println!(
         "OK: {} is byte-identical to the original (BLAKE3 {})",
         got.display(),
@@ -119,7 +133,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_peer(id: &str, root: &std::path::Path, tracker: &str) -> anyhow::Result<Arc<PeerNode>> {
+async fn start_peer(
+    id: &str,
+    root: &std::path::Path,
+    tracker: &str,
+) -> anyhow::Result<Arc<PeerNode>> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let config = PeerConfig::new(id, root.join(id), tracker);
     let (node, info) = PeerNode::start(config, listener).await?;

@@ -731,7 +731,7 @@ async fn run_workers(run: &Arc<Run>, partial: &Partial) -> Result<(), std::io::E
     let mut result = Ok(());
     loop {
         let joined = tokio::time::timeout(SAVE_PROGRESS_EVERY, workers.join_next()).await;
-        if last_save.elapsed() >= SAVE_PROGRESS_EVERY || !matches!(joined, Err(_)) {
+        if last_save.elapsed() >= SAVE_PROGRESS_EVERY || joined.is_ok() {
             if partial.record.is_some() {
                 let done = snapshot(run);
                 partial.save_record(&done);
