@@ -12,7 +12,9 @@
 //!   a manifest from any holder against the content id without trusting the holder, then checks
 //!   each piece as it arrives.
 
-use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
+use blake3::hazmat::{
+    merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
+};
 use std::fmt;
 use std::io::Read;
 use std::ops::Range;
@@ -116,7 +118,9 @@ fn truncate(s: &str) -> String {
 pub fn is_content_id_prefix(prefix: &str) -> bool {
     !prefix.is_empty()
         && prefix.len() <= 2 * HASH_LEN
-        && prefix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Index of a piece within a file.
@@ -184,26 +188,37 @@ impl Geometry {
     /// Byte range of a piece. Panics on an index past the end: callers hold checked indexes.
     pub fn piece_bytes(&self, piece: PieceIndex) -> Range<u64> {
         assert!(piece < self.piece_count(), "piece {piece} out of range");
+        // `piece < piece_count` keeps `start < size`; the end saturates for sizes within one
+        // piece of `u64::MAX` (the clamp to `size` makes that exact).
         let start = piece * self.piece_size as u64;
-        start..(start + self.piece_size as u64).min(self.size)
+        start..start.saturating_add(self.piece_size as u64).min(self.size)
     }
 
-    /// Block range of a run of pieces `pieces.start..pieces.end`.
+    /// Block range of a run of pieces `pieces.start..pieces.end`, clamped to the file's blocks.
     pub fn blocks_of_pieces(&self, pieces: Range<PieceIndex>) -> Range<u64> {
-        let first = pieces.start * self.blocks_per_piece();
-        let end = (pieces.end * self.blocks_per_piece()).min(self.block_count());
+        let end = pieces
+            .end
+            .saturating_mul(self.blocks_per_piece())
+            .min(self.block_count());
+        let first = pieces
+            .start
+            .saturating_mul(self.blocks_per_piece())
+            .min(end);
         first..end
     }
 
     /// Byte range of a block range, clamped to the file size. `None` if the range is empty,
-    /// inverted or runs past the last block.
+    /// inverted or runs past the last block. Never overflows, whatever the inputs (they come from
+    /// the network).
     pub fn block_bytes(&self, first_block: u64, block_count: u64) -> Option<Range<u64>> {
         let end_block = first_block.checked_add(block_count)?;
         if block_count == 0 || end_block > self.block_count() {
             return None;
         }
+        // `first_block < block_count()`, so `start < size`. The end of the last block can pass
+        // `u64::MAX` for a file within one block of it: saturate, then clamp to the size.
         let start = first_block * BLOCK_SIZE as u64;
-        Some(start..(end_block * BLOCK_SIZE as u64).min(self.size))
+        Some(start..end_block.saturating_mul(BLOCK_SIZE as u64).min(self.size))
     }
 }
 
@@ -232,6 +247,14 @@ pub struct Manifest {
 impl Manifest {
     /// Builds a manifest from untrusted parts and checks that the piece hashes merge into
     /// `content_id`. Only a manifest that passes is ever constructed.
+    ///
+    /// What the check binds: every piece hash, their number, and so the piece size whenever there
+    /// are two pieces or more. What it cannot bind: the exact size within the last piece (chaining
+    /// values do not reveal how many bytes a subtree held), nor the piece size of a file of one
+    /// piece (whose only hash is the content id, whatever the piece size). A manifest with such a
+    /// wrong size is accepted here but useless: the true last piece then fails
+    /// [`Manifest::verify_piece`], so it can stall a download, never corrupt one. Callers should
+    /// cross-check the size with another source (the tracker's, or a second holder's).
     pub fn from_parts(
         content_id: ContentId,
         geometry: Geometry,
@@ -490,6 +513,19 @@ mod tests {
         assert_eq!(g.block_bytes(2, 0), None);
         assert_eq!(g.block_bytes(u64::MAX, 2), None);
         assert_eq!(g.block_bytes(0, u64::MAX), None);
+        // A file within one block of u64::MAX: its last block's end is past u64::MAX.
+        let huge = Geometry::for_size(u64::MAX);
+        let last = huge.block_count() - 1;
+        assert_eq!(
+            huge.block_bytes(last, 1),
+            Some(last * BLOCK_SIZE as u64..u64::MAX)
+        );
+        let last_piece = huge.piece_count() - 1;
+        assert_eq!(huge.piece_bytes(last_piece).end, u64::MAX);
+        assert_eq!(
+            huge.blocks_of_pieces(last_piece..u64::MAX),
+            last_piece * huge.blocks_per_piece()..huge.block_count()
+        );
     }
 
     #[test]

@@ -44,8 +44,15 @@ fn shorten(name: &str) -> String {
     name.chars().take(64).collect()
 }
 
+/// Unicode embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): they make a name
+/// print differently from what it is (`"\u{202E}txt.exe"` shows as `exe.txt`).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Accepts a file name that is exactly one path component: no `/`, `\`, NUL or control
-/// characters, not `.` or `..`, at most [`MAX_FILE_NAME_BYTES`] bytes.
+/// characters, no bidirectional-text controls, not `.` or `..`, at most [`MAX_FILE_NAME_BYTES`]
+/// bytes.
 pub fn validate_file_name(name: &str) -> Result<(), NameError> {
     const WHAT: &str = "file name";
     if name.is_empty() {
@@ -66,6 +73,7 @@ pub fn validate_file_name(name: &str) -> Result<(), NameError> {
         '\\' => Some("'\\'"),
         '\0' => Some("a NUL byte"),
         c if c.is_control() => Some("a control character"),
+        c if is_bidi_control(c) => Some("a bidirectional-text control character"),
         _ => None,
     });
     match found {
@@ -119,11 +127,29 @@ mod tests {
     fn file_names_that_could_escape_are_refused() {
         let long = "x".repeat(256);
         for bad in [
-            "", ".", "..", "a/b", "/etc/passwd", "..\\x", "a\0b", "a\nb", "\x1b[2J", &long,
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/etc/passwd",
+            "..\\x",
+            "a\0b",
+            "a\nb",
+            "\x1b[2J",
+            &long,
+            "\u{202E}txt.exe",
+            "a\u{2066}b",
+            "a\u{85}b",
         ] {
             assert!(validate_file_name(bad).is_err(), "{bad:?}");
         }
-        for good in ["a.txt", "vídeo final.mp4", "..hidden", ".profile", &"y".repeat(255)] {
+        for good in [
+            "a.txt",
+            "vídeo final.mp4",
+            "..hidden",
+            ".profile",
+            &"y".repeat(255),
+        ] {
             assert_eq!(validate_file_name(good), Ok(()), "{good:?}");
         }
     }

@@ -31,6 +31,7 @@ impl From<TrackerError> for Status {
             }
             TrackerError::WrongToken(_) => Status::permission_denied(message),
             TrackerError::PeerIdTaken { .. } => Status::already_exists(message),
+            TrackerError::TooManyFiles => Status::resource_exhausted(message),
         }
     }
 }
@@ -45,6 +46,7 @@ impl From<ServeError> for Status {
             ServeError::NotShared(_) => Status::not_found(message),
             ServeError::OutOfRange { .. } => Status::out_of_range(message),
             ServeError::Busy(_) => Status::resource_exhausted(message),
+            ServeError::Stalled(_) => Status::deadline_exceeded(message),
             ServeError::ChangedOnDisk(_) => Status::data_loss(message),
             ServeError::Io(_) => Status::internal(message),
         }

@@ -10,7 +10,7 @@ use crate::pb::tracker as pb;
 use crate::pb::tracker::tracker_server::{Tracker, TrackerServer};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -18,6 +18,13 @@ use tonic::{Request, Response, Status};
 
 /// A peer silent for this many heartbeat intervals is dropped.
 pub const MISSED_HEARTBEATS_BEFORE_DROP: u32 = 3;
+/// Most files one peer may have in its catalog: the registry's memory per peer is bounded.
+/// Registering or announcing past it is refused with RESOURCE_EXHAUSTED.
+pub const MAX_FILES_PER_PEER: usize = 100_000;
+/// Largest request the tracker decodes (a `Register` with a full catalog is the big one: this
+/// fits about 12 000 files of 255-byte names, 40 000 of 30-byte ones). Larger requests get
+/// RESOURCE_EXHAUSTED before any of them is read into memory.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
 /// Errors of the registry. Mapped to gRPC codes in [`crate::status`].
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +52,9 @@ pub enum TrackerError {
     /// Nobody holds the file.
     #[error("no peer holds {0:?}")]
     UnknownFile(String),
+    /// The catalog would pass [`MAX_FILES_PER_PEER`].
+    #[error("a peer may share at most {MAX_FILES_PER_PEER} files with the tracker")]
+    TooManyFiles,
 }
 
 /// A file as the registry knows it.
@@ -56,14 +66,19 @@ struct FileRecord {
 
 #[derive(Debug)]
 struct PeerRecord {
+    /// Where others are told to reach it.
     address: String,
+    /// The IP its registration came from (not claimed: seen), if known.
+    observed_ip: Option<IpAddr>,
     token: String,
     files: HashMap<String, FileRecord>,
     last_seen: Instant,
 }
 
-/// Key of the holder index: a name and one of its versions.
-type VersionKey = (String, ContentId);
+/// A version of a named file in the holder index: its content id and the size its holders
+/// announced. Keyed by both, so a peer announcing a known content id with a wrong size makes a
+/// version of its own instead of changing what the honest holders' version says.
+type VersionKey = (ContentId, u64);
 
 /// Who is alive and who holds what. Synchronous; the caller passes `now` so that tests control
 /// time.
@@ -71,9 +86,9 @@ type VersionKey = (String, ContentId);
 pub struct Registry {
     heartbeat_interval: Duration,
     peers: HashMap<String, PeerRecord>,
-    /// name -> content id -> (size, holders). Kept in step with `peers` so `WhoHas` costs the
+    /// name -> (content id, size) -> holders. Kept in step with `peers` so `WhoHas` costs the
     /// holders it returns, not the size of the swarm.
-    index: BTreeMap<String, BTreeMap<ContentId, (u64, BTreeSet<String>)>>,
+    index: BTreeMap<String, BTreeMap<VersionKey, BTreeSet<String>>>,
 }
 
 /// A registration accepted by [`Registry::register`].
@@ -96,9 +111,10 @@ impl TryFrom<pb::FileEntry> for CheckedFile {
     type Error = TrackerError;
     fn try_from(entry: pb::FileEntry) -> Result<Self, Self::Error> {
         validate_file_name(&entry.name)?;
-        let content_id = entry.content_id.parse().map_err(|e| {
-            TrackerError::InvalidArgument(format!("file {:?}: {e}", entry.name))
-        })?;
+        let content_id = entry
+            .content_id
+            .parse()
+            .map_err(|e| TrackerError::InvalidArgument(format!("file {:?}: {e}", entry.name)))?;
         Ok(CheckedFile {
             name: entry.name,
             record: FileRecord {
@@ -131,21 +147,33 @@ impl Registry {
     /// Registers (or re-registers) a peer with its full catalog.
     ///
     /// A peer id held by a live peer is refused unless the caller proves it is that peer (its
-    /// token) or comes from the very same address (the old process cannot still own that port, so
-    /// it is a restart).
+    /// token: it keeps it), or is that peer restarted: the same advertised address *and* a
+    /// connection from the same IP as the first registration (the old process cannot still own
+    /// that port). A restart gets a fresh token, never the old one: an address can be claimed
+    /// (`advertise_host`), so it must not be enough to learn a live peer's token.
+    /// `observed_ip` is where the request came from, if known.
     pub fn register(
         &mut self,
         peer_id: &str,
         address: String,
+        observed_ip: Option<IpAddr>,
         presented_token: &str,
         files: Vec<CheckedFile>,
         now: Instant,
     ) -> Result<Registered, TrackerError> {
         validate_peer_id(peer_id)?;
+        if files.len() > MAX_FILES_PER_PEER {
+            return Err(TrackerError::TooManyFiles);
+        }
         let token = match self.peers.get(peer_id) {
             Some(old) if now.duration_since(old.last_seen) < self.expiry() => {
-                if old.token == presented_token || old.address == address {
+                let restarted = old.address == address
+                    && observed_ip.is_some()
+                    && old.observed_ip == observed_ip;
+                if same_token(&old.token, presented_token) {
                     old.token.clone()
+                } else if restarted {
+                    new_token()
                 } else {
                     return Err(TrackerError::PeerIdTaken {
                         peer_id: peer_id.to_string(),
@@ -158,6 +186,7 @@ impl Registry {
         self.remove_peer(peer_id);
         let record = PeerRecord {
             address: address.clone(),
+            observed_ip,
             token: token.clone(),
             files: HashMap::new(),
             last_seen: now,
@@ -169,16 +198,18 @@ impl Registry {
         Ok(Registered { token, address })
     }
 
+    /// The live peer `peer_id` if `token` is its token (then it counts as heard from).
     fn authenticate(
         &mut self,
         peer_id: &str,
         token: &str,
         now: Instant,
     ) -> Result<&mut PeerRecord, TrackerError> {
+        validate_peer_id(peer_id)?;
         let expiry = self.expiry();
         match self.peers.get_mut(peer_id) {
             Some(peer) if now.duration_since(peer.last_seen) < expiry => {
-                if peer.token != token {
+                if !same_token(&peer.token, token) {
                     return Err(TrackerError::WrongToken(peer_id.to_string()));
                 }
                 peer.last_seen = now;
@@ -189,7 +220,12 @@ impl Registry {
     }
 
     /// Records that a peer is alive.
-    pub fn heartbeat(&mut self, peer_id: &str, token: &str, now: Instant) -> Result<(), TrackerError> {
+    pub fn heartbeat(
+        &mut self,
+        peer_id: &str,
+        token: &str,
+        now: Instant,
+    ) -> Result<(), TrackerError> {
         self.authenticate(peer_id, token, now).map(|_| ())
     }
 
@@ -201,7 +237,10 @@ impl Registry {
         file: CheckedFile,
         now: Instant,
     ) -> Result<(), TrackerError> {
-        self.authenticate(peer_id, token, now)?;
+        let peer = self.authenticate(peer_id, token, now)?;
+        if !peer.files.contains_key(&file.name) && peer.files.len() >= MAX_FILES_PER_PEER {
+            return Err(TrackerError::TooManyFiles);
+        }
         self.add_file(peer_id, file);
         Ok(())
     }
@@ -264,8 +303,8 @@ impl Registry {
             .get(name)
             .into_iter()
             .flatten()
-            .filter(|(cid, _)| cid.to_hex().starts_with(prefix))
-            .map(|(cid, (size, holders))| pb::FileVersion {
+            .filter(|((cid, _), _)| cid.to_hex().starts_with(prefix))
+            .map(|((cid, size), holders)| pb::FileVersion {
                 name: name.to_string(),
                 size: *size,
                 content_id: cid.to_hex(),
@@ -290,6 +329,7 @@ impl Registry {
                 .len()
                 .cmp(&a.holders.len())
                 .then_with(|| a.content_id.cmp(&b.content_id))
+                .then_with(|| a.size.cmp(&b.size))
         });
         Ok(versions)
     }
@@ -304,7 +344,11 @@ impl Registry {
                 peer_id: id.clone(),
                 address: p.address.clone(),
                 file_count: p.files.len() as u32,
-                total_bytes: p.files.values().map(|f| f.size).sum(),
+                // Sizes are claims: a sum of hostile ones must not overflow.
+                total_bytes: p
+                    .files
+                    .values()
+                    .fold(0u64, |total, f| total.saturating_add(f.size)),
             })
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -321,7 +365,7 @@ impl Registry {
         self.index
             .iter()
             .flat_map(|(name, versions)| {
-                versions.iter().filter_map(move |(cid, (size, holders))| {
+                versions.iter().filter_map(move |((cid, size), holders)| {
                     let count = holders.iter().filter(|h| alive(h)).count() as u32;
                     (count > 0).then(|| pb::FileSummary {
                         name: name.clone(),
@@ -345,23 +389,22 @@ impl Registry {
         self.index
             .entry(file.name)
             .or_default()
-            .entry(file.record.content_id)
-            .or_insert_with(|| (file.record.size, BTreeSet::new()))
-            .1
+            .entry((file.record.content_id, file.record.size))
+            .or_default()
             .insert(peer_id.to_string());
     }
 
     fn unindex(&mut self, peer_id: &str, name: &str, record: &FileRecord) {
-        let key: VersionKey = (name.to_string(), record.content_id);
-        if let Some(versions) = self.index.get_mut(&key.0) {
-            if let Some((_, holders)) = versions.get_mut(&key.1) {
+        let key: VersionKey = (record.content_id, record.size);
+        if let Some(versions) = self.index.get_mut(name) {
+            if let Some(holders) = versions.get_mut(&key) {
                 holders.remove(peer_id);
                 if holders.is_empty() {
-                    versions.remove(&key.1);
+                    versions.remove(&key);
                 }
             }
             if versions.is_empty() {
-                self.index.remove(&key.0);
+                self.index.remove(name);
             }
         }
     }
@@ -377,6 +420,16 @@ impl Registry {
 
 fn new_token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Token comparison in time independent of where the first difference is.
+fn same_token(expected: &str, presented: &str) -> bool {
+    expected.len() == presented.len()
+        && expected
+            .bytes()
+            .zip(presented.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 /// Configuration of a tracker server.
@@ -420,35 +473,62 @@ impl TrackerService {
     }
 }
 
+/// The address others will be told for a registering peer: `advertise_host` (checked) or the IP
+/// the request came from, with `port`.
 fn advertised_address(
     remote: Option<SocketAddr>,
     advertise_host: &str,
     port: u32,
 ) -> Result<String, TrackerError> {
-    if port == 0 || port > u16::MAX as u32 {
-        return Err(TrackerError::InvalidArgument(format!(
-            "port {port} is not a TCP port (1-65535)"
-        )));
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| {
+            TrackerError::InvalidArgument(format!("port {port} is not a TCP port (1-65535)"))
+        })?;
+    if advertise_host.is_empty() {
+        let ip = remote.map(|a| a.ip().to_canonical()).ok_or_else(|| {
+            TrackerError::InvalidArgument(
+                "cannot see the caller's address; set advertise_host".into(),
+            )
+        })?;
+        return Ok(SocketAddr::new(ip, port).to_string());
     }
-    if !advertise_host.is_empty() {
-        let valid = advertise_host.len() <= 253
-            && advertise_host
+    advertise_host_address(advertise_host, port).ok_or_else(|| {
+        TrackerError::InvalidArgument(format!(
+            "advertise_host {:?} is not a host name or a unicast IP address",
+            advertise_host.chars().take(64).collect::<String>()
+        ))
+    })
+}
+
+/// `host:port` for a claimed host: an IP address (IPv6 with or without brackets) that can be
+/// connected to, or a DNS host name (labels of letters, digits and inner hyphens, at most 253
+/// bytes, not ending in an all-numeric label, so `999.1.1.1` is not taken for a name).
+fn advertise_host_address(host: &str, port: u16) -> Option<String> {
+    let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if let Ok(ip) = unbracketed.unwrap_or(host).parse::<IpAddr>() {
+        let ip = ip.to_canonical();
+        let unusable =
+            ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST);
+        return (!unusable).then(|| SocketAddr::new(ip, port).to_string());
+    }
+    if unbracketed.is_some() || host.len() > 253 {
+        return None;
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
-        if !valid {
-            return Err(TrackerError::InvalidArgument(format!(
-                "advertise_host {advertise_host:?} is not a host name or IP address"
-            )));
-        }
-        return Ok(match advertise_host.parse::<std::net::Ipv6Addr>() {
-            Ok(v6) => format!("[{v6}]:{port}"),
-            Err(_) => format!("{advertise_host}:{port}"),
-        });
-    }
-    let ip = remote
-        .map(|a| a.ip().to_canonical())
-        .ok_or_else(|| TrackerError::InvalidArgument("cannot see the caller's address; set advertise_host".into()))?;
-    Ok(SocketAddr::new(ip, port as u16).to_string())
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let last_numeric = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    (host.split('.').all(label_ok) && !last_numeric).then(|| format!("{host}:{port}"))
 }
 
 #[tonic::async_trait]
@@ -466,10 +546,23 @@ impl Tracker for TrackerService {
             .map(CheckedFile::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         let count = files.len();
+        let observed_ip = remote.map(|a| a.ip().to_canonical());
         let registered = self.with(|r| {
-            r.register(&req.peer_id, address, &req.session_token, files, Instant::now())
+            r.register(
+                &req.peer_id,
+                address,
+                observed_ip,
+                &req.session_token,
+                files,
+                Instant::now(),
+            )
         })?;
-        tracing::info!(peer = %req.peer_id, address = %registered.address, files = count, "peer registered");
+        tracing::info!(
+            peer = %req.peer_id,
+            address = %registered.address,
+            files = count,
+            "peer registered"
+        );
         Ok(Response::new(pb::RegisterResponse {
             session_token: registered.token,
             heartbeat_interval_secs: self.interval_secs(),
@@ -497,8 +590,10 @@ impl Tracker for TrackerService {
             .file
             .ok_or_else(|| TrackerError::InvalidArgument("file is required".into()))?;
         let file = CheckedFile::try_from(file)?;
-        tracing::info!(peer = %req.peer_id, file = %file.name, "file announced");
+        let name = file.name.clone();
         self.with(|r| r.announce(&req.peer_id, &req.session_token, file, Instant::now()))?;
+        // Logged once checked: nothing unvalidated reaches the log.
+        tracing::info!(peer = %req.peer_id, file = %name, "file announced");
         Ok(Response::new(pb::AnnounceFileResponse {}))
     }
 
@@ -570,9 +665,10 @@ pub async fn serve(
             }
         })
     };
+    let server = TrackerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let result = crate::grpc::serve(
         listener,
-        tonic::service::Routes::new(TrackerServer::new(service)),
+        tonic::service::Routes::new(crate::grpc::ClearLimits::new(server)),
         crate::grpc::ServiceKind::Tracker,
         shutdown,
     )
@@ -609,8 +705,19 @@ mod tests {
     fn register_announce_withdraw_leave_are_reflected() {
         let now = Instant::now();
         let mut r = Registry::new(Duration::from_secs(10));
-        let a = r.register("A", "1.1.1.1:1".into(), "", vec![file("f", b"1")], now).unwrap();
-        let b = r.register("B", "1.1.1.2:1".into(), "", vec![], now).unwrap();
+        let a = r
+            .register(
+                "A",
+                "1.1.1.1:1".into(),
+                None,
+                "",
+                vec![file("f", b"1")],
+                now,
+            )
+            .unwrap();
+        let b = r
+            .register("B", "1.1.1.2:1".into(), None, "", vec![], now)
+            .unwrap();
         assert_eq!(holders(&r, "f", now), vec![vec!["A"]]);
         r.announce("B", &b.token, file("f", b"1"), now).unwrap();
         assert_eq!(holders(&r, "f", now), vec![vec!["A", "B"]]);
@@ -625,9 +732,12 @@ mod tests {
     fn versions_are_grouped_by_content_and_sorted_by_holders() {
         let now = Instant::now();
         let mut r = Registry::new(Duration::from_secs(10));
-        r.register("A", "a:1".into(), "", vec![file("f", b"old")], now).unwrap();
-        r.register("B", "b:1".into(), "", vec![file("f", b"new")], now).unwrap();
-        r.register("C", "c:1".into(), "", vec![file("f", b"new")], now).unwrap();
+        r.register("A", "a:1".into(), None, "", vec![file("f", b"old")], now)
+            .unwrap();
+        r.register("B", "b:1".into(), None, "", vec![file("f", b"new")], now)
+            .unwrap();
+        r.register("C", "c:1".into(), None, "", vec![file("f", b"new")], now)
+            .unwrap();
         assert_eq!(holders(&r, "f", now), vec![vec!["B", "C"], vec!["A"]]);
         let old = ContentId::of(b"old").to_hex();
         let only_old = r.who_has("f", &old[..6], now).unwrap();
@@ -639,32 +749,128 @@ mod tests {
     #[test]
     fn silent_peers_expire_and_tokens_are_enforced() {
         let t0 = Instant::now();
+        let home: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let elsewhere: Option<IpAddr> = Some("10.6.6.6".parse().unwrap());
         let mut r = Registry::new(Duration::from_secs(1));
-        let a = r.register("A", "a:1".into(), "", vec![file("f", b"x")], t0).unwrap();
-        assert!(matches!(r.heartbeat("A", "forged", t0), Err(TrackerError::WrongToken(_))));
-        assert!(matches!(r.leave("A", "forged", t0), Err(TrackerError::WrongToken(_))));
-        // Someone else cannot take the id while A lives...
+        let a = r
+            .register("A", "a:1".into(), home, "", vec![file("f", b"x")], t0)
+            .unwrap();
         assert!(matches!(
-            r.register("A", "evil:1".into(), "", vec![], t0),
-            Err(TrackerError::PeerIdTaken { .. })
+            r.heartbeat("A", "forged", t0),
+            Err(TrackerError::WrongToken(_))
         ));
-        // ...but A restarting on its own address can.
-        r.register("A", "a:1".into(), "", vec![file("f", b"x")], t0).unwrap();
-        r.heartbeat("A", &a.token, t0 + Duration::from_secs(2)).unwrap();
-        assert_eq!(holders(&r, "f", t0 + Duration::from_secs(4)), vec![vec!["A"]]);
+        assert!(matches!(
+            r.leave("A", "forged", t0),
+            Err(TrackerError::WrongToken(_))
+        ));
+        assert!(matches!(
+            r.heartbeat("../A", "forged", t0),
+            Err(TrackerError::BadName(_))
+        ));
+        // Someone else cannot take the id while A lives, not even by claiming A's address...
+        for (address, from) in [("evil:1", home), ("a:1", elsewhere), ("a:1", None)] {
+            assert!(matches!(
+                r.register("A", address.into(), from, "", vec![], t0),
+                Err(TrackerError::PeerIdTaken { .. })
+            ));
+        }
+        // ...and A presenting its token may move.
+        let moved = r
+            .register("A", "a:2".into(), elsewhere, &a.token, vec![], t0)
+            .unwrap();
+        assert_eq!(moved.token, a.token);
+        let a = r
+            .register("A", "a:1".into(), home, &a.token, vec![file("f", b"x")], t0)
+            .unwrap();
+        // A restarting on its own address, from its own IP, can, with a new token: the old one is
+        // never handed out.
+        let restarted = r
+            .register("A", "a:1".into(), home, "", vec![file("f", b"x")], t0)
+            .unwrap();
+        assert_ne!(restarted.token, a.token);
+        assert!(matches!(
+            r.heartbeat("A", &a.token, t0),
+            Err(TrackerError::WrongToken(_))
+        ));
+        r.heartbeat("A", &restarted.token, t0 + Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(
+            holders(&r, "f", t0 + Duration::from_secs(4)),
+            vec![vec!["A"]]
+        );
         // Silent for three intervals: gone, even before the reaper runs.
         let later = t0 + Duration::from_secs(5);
         assert!(holders(&r, "f", later).is_empty());
         assert_eq!(r.expire(later), vec!["A".to_string()]);
-        assert!(matches!(r.heartbeat("A", &a.token, later), Err(TrackerError::UnknownPeer(_))));
-        r.register("A", "evil:1".into(), "", vec![], later).unwrap();
+        assert!(matches!(
+            r.heartbeat("A", &restarted.token, later),
+            Err(TrackerError::UnknownPeer(_))
+        ));
+        r.register("A", "evil:1".into(), elsewhere, "", vec![], later)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_wrong_size_makes_its_own_version_and_sizes_never_overflow() {
+        let now = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(10));
+        let liar = CheckedFile::try_from(pb::FileEntry {
+            name: "f".into(),
+            size: u64::MAX,
+            content_id: ContentId::of(b"true").to_hex(),
+        })
+        .unwrap();
+        let mut other = liar.clone();
+        other.name = "g".into();
+        r.register("L", "l:1".into(), None, "", vec![liar, other], now)
+            .unwrap();
+        r.register("H", "h:1".into(), None, "", vec![file("f", b"true")], now)
+            .unwrap();
+        r.register("I", "i:1".into(), None, "", vec![file("f", b"true")], now)
+            .unwrap();
+        let versions = r.who_has("f", "", now).unwrap();
+        assert_eq!(versions.len(), 2);
+        assert_eq!((versions[0].size, versions[0].holders.len()), (4, 2));
+        assert_eq!((versions[1].size, versions[1].holders.len()), (u64::MAX, 1));
+        let liar = r.peers(now).into_iter().find(|p| p.peer_id == "L").unwrap();
+        assert_eq!(liar.total_bytes, u64::MAX);
+    }
+
+    #[test]
+    fn catalogs_are_bounded() {
+        let now = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(10));
+        let many: Vec<CheckedFile> = (0..=MAX_FILES_PER_PEER)
+            .map(|i| CheckedFile {
+                name: format!("f{i}"),
+                record: FileRecord {
+                    size: 1,
+                    content_id: ContentId([0; 32]),
+                },
+            })
+            .collect();
+        assert!(matches!(
+            r.register("A", "a:1".into(), None, "", many.clone(), now),
+            Err(TrackerError::TooManyFiles)
+        ));
+        let full = many[..MAX_FILES_PER_PEER].to_vec();
+        let a = r.register("A", "a:1".into(), None, "", full, now).unwrap();
+        let extra = many[MAX_FILES_PER_PEER].clone();
+        assert!(matches!(
+            r.announce("A", &a.token, extra, now),
+            Err(TrackerError::TooManyFiles)
+        ));
+        // Replacing a file already in the catalog is not growth.
+        r.announce("A", &a.token, many[0].clone(), now).unwrap();
     }
 
     #[test]
     fn bad_input_is_refused() {
         let now = Instant::now();
         let mut r = Registry::new(Duration::from_secs(1));
-        assert!(r.register("a/b", "x:1".into(), "", vec![], now).is_err());
+        assert!(r
+            .register("a/b", "x:1".into(), None, "", vec![], now)
+            .is_err());
         assert!(r.who_has("../etc", "", now).is_err());
         assert!(CheckedFile::try_from(pb::FileEntry {
             name: "ok".into(),
@@ -675,7 +881,43 @@ mod tests {
         assert!(advertised_address(None, "", 0).is_err());
         assert!(advertised_address(None, "", 70000).is_err());
         assert!(advertised_address(None, "bad host!", 1).is_err());
-        assert_eq!(advertised_address(None, "::1", 5).unwrap(), "[::1]:5");
+        for junk in [
+            "a:b:c",
+            "host:80",
+            "-lead",
+            "trail-",
+            "a..b",
+            ".",
+            "..",
+            "0.0.0.0",
+            "::",
+            "[::]",
+            "224.0.0.1",
+            "255.255.255.255",
+            "999.1.1.1",
+            "1.2.3",
+            "[host]",
+            "[::1",
+            "a b",
+            "a/b",
+            "http://x",
+            "x\n",
+            "\u{202E}x",
+            &"a".repeat(64),
+            &"a.".repeat(130),
+        ] {
+            assert!(advertised_address(None, junk, 1).is_err(), "{junk:?}");
+        }
+        for (good, address) in [
+            ("::1", "[::1]:5"),
+            ("[::1]", "[::1]:5"),
+            ("::ffff:10.0.0.1", "10.0.0.1:5"),
+            ("10.0.0.1", "10.0.0.1:5"),
+            ("peer-1.lan", "peer-1.lan:5"),
+            ("localhost", "localhost:5"),
+        ] {
+            assert_eq!(advertised_address(None, good, 5).unwrap(), address);
+        }
         assert_eq!(
             advertised_address(Some("127.0.0.1:999".parse().unwrap()), "", 5).unwrap(),
             "127.0.0.1:5"
