@@ -707,7 +707,6 @@ async fn two_versions_most_holders_wins_and_a_prefix_picks_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: a selector whose name and content id disagree is served another file (server.rs:202 falls back to by_content)"]
 async fn a_selector_whose_name_and_content_id_disagree_is_not_found() {
     let tracker = TestTracker::start(HEARTBEAT).await;
     let a_bytes = content(5_000, 1);

@@ -88,6 +88,7 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
     config.limits = ServeLimits {
         max_streams: args.max_streams.max(1),
         upload_rate: args.max_upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
+        ..ServeLimits::default()
     };
     let (node, info) = PeerNode::start(config, listener)
         .await

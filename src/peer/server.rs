@@ -195,11 +195,7 @@ impl PeerService {
             ("", Some(cid)) => self.store.by_content(&cid),
             (name, None) => self.store.get(name),
             // The named file, and only if it still has that content.
-            (name, Some(cid)) => self
-                .store
-                .get(name)
-                .filter(|f| f.content_id() == cid)
-                .or_else(|| self.store.by_content(&cid)),
+            (name, Some(cid)) => self.store.get(name).filter(|f| f.content_id() == cid),
         };
         file.ok_or_else(|| {
             ServeError::NotShared(match content_id {

@@ -168,7 +168,8 @@ impl TrackerLink {
                 }
                 Ok(())
             }
-            Err(e) if e.code() == Some(Code::NotFound) => {
+            // Unknown (tracker restarted) or a token it no longer accepts: register afresh.
+            Err(e) if matches!(e.code(), Some(Code::NotFound | Code::PermissionDenied)) => {
                 self.set_session(None);
                 Err(TrackerLinkError::NotRegistered)
             }
