@@ -9,6 +9,7 @@ pub mod shell;
 pub mod store;
 pub mod tracker_link;
 
+use crate::grpc::{ClientSecurity, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa};
 use crate::pb::tracker::FileEntry;
 use download::ActiveDownloads;
 use server::{PeerService, ServeLimits};
@@ -56,6 +57,12 @@ pub struct PeerConfig {
     pub rescan_interval: Duration,
     /// Limits of the Peer service.
     pub limits: ServeLimits,
+    /// What the Peer service demands of callers (swarm key, TLS). Default: nothing (a LAN swarm).
+    pub server_security: ServerSecurity,
+    /// What this peer presents when it calls the tracker and other peers (swarm key, the CA it
+    /// trusts for TLS). Default: nothing. In a private swarm both sides carry the same key, and a
+    /// TLS peer both serves TLS and trusts the swarm's CA.
+    pub client_security: ClientSecurity,
 }
 
 impl PeerConfig {
@@ -69,7 +76,28 @@ impl PeerConfig {
             stall_timeout: download::DEFAULT_STALL_TIMEOUT,
             rescan_interval: Duration::from_secs(2),
             limits: ServeLimits::default(),
+            server_security: ServerSecurity::default(),
+            client_security: ClientSecurity::default(),
         }
+    }
+
+    /// Makes this peer a member of a private swarm: `swarm_key` demanded of callers and sent on
+    /// every call; with `tls`, the Peer service serves TLS with the identity and every client
+    /// trusts the CA.
+    pub fn set_swarm_security(
+        &mut self,
+        swarm_key: Option<SwarmKey>,
+        tls: Option<(TlsIdentity, TrustedCa)>,
+    ) {
+        let (identity, ca) = tls.unzip();
+        self.server_security = ServerSecurity {
+            swarm_key: swarm_key.clone(),
+            tls: identity,
+        };
+        self.client_security = ClientSecurity {
+            swarm_key,
+            tls_ca: ca,
+        };
     }
 }
 
@@ -127,17 +155,21 @@ impl PeerNode {
             &config.peer_id,
             local_addr.port(),
             &config.advertise_host,
+            &config.client_security,
         )?;
         let shutdown = CancellationToken::new();
         let service = PeerService::new(store.clone(), config.limits.clone());
         let server = {
             let token = shutdown.clone();
+            let security = config.server_security.clone();
             tokio::spawn(async move {
                 let routes = tonic::service::Routes::new(service.into_server());
-                if let Err(e) = crate::grpc::serve(
+                if let Err(e) = crate::grpc::serve_with_security(
                     listener,
                     routes,
                     crate::grpc::ServiceKind::Peer,
+                    &crate::grpc::ServerLimits::default(),
+                    &security,
                     async move { token.cancelled().await },
                 )
                 .await

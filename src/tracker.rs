@@ -5,6 +5,7 @@
 //! a mutex that is never held across an `.await`; [`TrackerService`] is the thin async layer.
 
 use crate::chunking::ContentId;
+use crate::grpc::ServerSecurity;
 use crate::names::{validate_file_name, validate_peer_id, NameError};
 use crate::pb::tracker as pb;
 use crate::pb::tracker::tracker_server::{Tracker, TrackerServer};
@@ -646,9 +647,24 @@ impl Tracker for TrackerService {
 
 /// Serves the Tracker service (with reflection and health) on an already-bound listener until
 /// `shutdown` completes, then drains in-flight calls. A background task drops silent peers.
+/// Plaintext, no swarm key: [`serve_with_security`] serves a private swarm.
 pub async fn serve(
     listener: TcpListener,
     config: TrackerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    serve_with_security(listener, config, ServerSecurity::default(), shutdown).await
+}
+
+/// [`serve`] for a private swarm: calls need the swarm key and/or connections need TLS, as
+/// `security` says (see [`crate::grpc`]).
+///
+/// The security settings are an argument rather than a [`TrackerConfig`] field so that code
+/// building a `TrackerConfig { heartbeat_interval }` literal keeps compiling.
+pub async fn serve_with_security(
+    listener: TcpListener,
+    config: TrackerConfig,
+    security: ServerSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let service = TrackerService::new(&config);
@@ -666,10 +682,12 @@ pub async fn serve(
         })
     };
     let server = TrackerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let result = crate::grpc::serve(
+    let result = crate::grpc::serve_with_security(
         listener,
         tonic::service::Routes::new(crate::grpc::ClearLimits::new(server)),
         crate::grpc::ServiceKind::Tracker,
+        &crate::grpc::ServerLimits::default(),
+        &security,
         shutdown,
     )
     .await;

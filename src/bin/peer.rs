@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use p2pshare::grpc::{SwarmKey, TlsIdentity, TrustedCa};
 use p2pshare::peer::server::{RateLimiter, ServeLimits};
 use p2pshare::peer::{PeerConfig, PeerNode};
 use std::net::{IpAddr, SocketAddr};
@@ -52,6 +53,26 @@ struct Args {
     /// Seconds between scans of files/ for added, changed or removed files.
     #[arg(long, default_value_t = 2)]
     rescan_interval: u64,
+    /// Private swarm: send this shared secret on every call, and refuse calls (health checks
+    /// excepted) that do not carry it. The tracker and every peer need the same key.
+    #[arg(
+        long,
+        env = "P2PSHARE_SWARM_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    swarm_key: Option<SwarmKey>,
+    /// Serve TLS with this certificate (PEM; needs an IP SAN for the address others dial).
+    /// A TLS peer also needs --tls-key and --tls-ca.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// Connect to the tracker and other peers with TLS, trusting certificates this CA signed
+    /// (PEM). Requires --tls-cert and --tls-key: in a TLS swarm everyone serves TLS.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +97,13 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
     }
     let tracker = p2pshare::cli::tracker_address(&args.tracker_ip, args.tracker_port)
         .map_err(|e| anyhow::anyhow!("bad TRACKER_IP: {e}"))?;
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some((
+            TlsIdentity::from_files(cert, key)?,
+            TrustedCa::from_file(ca)?,
+        )),
+        _ => None,
+    };
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (port in use? pick another PORT, or 0 for any free one)")
@@ -85,10 +113,10 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
     config.advertise_host = args.advertise_addr.clone();
     config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
     config.rescan_interval = Duration::from_secs(args.rescan_interval.max(1));
+    config.set_swarm_security(args.swarm_key.clone(), tls);
     config.limits = ServeLimits {
         max_streams: args.max_streams.max(1),
         upload_rate: args.max_upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
-        ..ServeLimits::default()
     };
     let (node, info) = PeerNode::start(config, listener)
         .await

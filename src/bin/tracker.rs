@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use clap::Parser;
+use p2pshare::grpc::{ServerSecurity, SwarmKey, TlsIdentity};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The p2pshare tracker: registers peers and knows who holds which file.
@@ -18,6 +20,22 @@ struct Args {
     /// Seconds between peer heartbeats; a peer silent for 3 intervals is dropped.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     heartbeat_interval: u64,
+    /// Private swarm: refuse every call (health checks excepted) that does not carry this shared
+    /// secret (printable ASCII, e.g. from `openssl rand -hex 32`). Every peer needs the same key.
+    #[arg(
+        long,
+        env = "P2PSHARE_SWARM_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    swarm_key: Option<SwarmKey>,
+    /// Serve TLS with this certificate (PEM; needs an IP SAN for each address peers dial).
+    /// Plaintext connections are then refused. Requires --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -30,6 +48,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::from_files(cert, key)?),
+        _ => None,
+    };
+    let security = ServerSecurity {
+        swarm_key: args.swarm_key.clone(),
+        tls,
+    };
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (port in use? try --port 0 or another port)")
@@ -40,10 +66,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("  peers can reach it at {reachable}");
     }
     println!("heartbeat interval {} s", args.heartbeat_interval);
+    if security.swarm_key.is_some() {
+        println!("private swarm: calls need the swarm key");
+    }
+    if let Some(cert) = &args.tls_cert {
+        println!("TLS on (certificate {})", cert.display());
+    }
     let config = p2pshare::tracker::TrackerConfig {
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
     };
-    p2pshare::tracker::serve(listener, config, p2pshare::cli::shutdown_signal()).await?;
+    p2pshare::tracker::serve_with_security(
+        listener,
+        config,
+        security,
+        p2pshare::cli::shutdown_signal(),
+    )
+    .await?;
     println!("tracker stopped");
     Ok(())
 }

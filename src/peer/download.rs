@@ -12,6 +12,7 @@
 //! 5. fsync, move into `files/` without replacing different content, announce.
 
 use crate::chunking::{ContentId, Geometry, Manifest, PieceIndex, BLOCK_SIZE};
+use crate::grpc::ClientChannel;
 use crate::names::{validate_file_name, NameError};
 use crate::pb::peer as pb;
 use crate::pb::peer::peer_client::PeerClient;
@@ -28,7 +29,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// Concurrent `GetBlocks` streams per holder: two keep a holder busy while the other stream's
@@ -318,7 +318,7 @@ struct Run {
 
 struct HolderState {
     peer_id: String,
-    client: PeerClient<Channel>,
+    client: PeerClient<ClientChannel>,
     dropped: Mutex<Option<String>>,
     gone: AtomicBool,
     bytes: AtomicU64,
@@ -577,10 +577,10 @@ impl PeerNode {
         if holders.is_empty() {
             return Err(DownloadError::NoOtherHolder(request.name.clone()));
         }
-        let clients: Vec<(String, PeerClient<Channel>)> = holders
+        let clients: Vec<(String, PeerClient<ClientChannel>)> = holders
             .iter()
             .filter_map(|h| {
-                let channel = crate::grpc::channel(&h.address).ok()?;
+                let channel = self.config().client_security.channel(&h.address).ok()?;
                 Some((
                     h.peer_id.clone(),
                     PeerClient::new(channel)
@@ -798,7 +798,7 @@ async fn fetch_manifest(
     name: &str,
     content_id: ContentId,
     size: u64,
-    clients: &[(String, PeerClient<Channel>)],
+    clients: &[(String, PeerClient<ClientChannel>)],
 ) -> Result<Manifest, DownloadError> {
     let mut problems = Vec::new();
     for (peer_id, client) in clients {

@@ -2,11 +2,11 @@
 //! announcements and queries. Every call has a deadline, so a tracker that is down gives a clear
 //! "tracker unreachable" error instead of a hang.
 
+use crate::grpc::{ClientChannel, ClientSecurity};
 use crate::pb::tracker as pb;
 use crate::pb::tracker::tracker_client::TrackerClient;
 use std::sync::Mutex;
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Deadline of one call to the tracker.
@@ -56,7 +56,8 @@ pub struct Session {
 #[derive(Debug)]
 pub struct TrackerLink {
     address: String,
-    client: TrackerClient<Channel>,
+    client: TrackerClient<ClientChannel>,
+    security: ClientSecurity,
     peer_id: String,
     port: u16,
     advertise_host: String,
@@ -64,20 +65,25 @@ pub struct TrackerLink {
 }
 
 impl TrackerLink {
-    /// A link to the tracker at `address` (`host:port`) for peer `peer_id` serving on `port`.
+    /// A link to the tracker at `address` (`host:port`) for peer `peer_id` serving on `port`,
+    /// connecting (TLS, swarm key) as `security` says.
     pub fn new(
         address: &str,
         peer_id: &str,
         port: u16,
         advertise_host: &str,
+        security: &ClientSecurity,
     ) -> Result<Self, TrackerLinkError> {
-        let channel = crate::grpc::channel(address).map_err(|e| TrackerLinkError::Unreachable {
-            address: address.to_string(),
-            detail: format!("bad address: {e}"),
-        })?;
+        let channel = security
+            .channel(address)
+            .map_err(|e| TrackerLinkError::Unreachable {
+                address: address.to_string(),
+                detail: format!("bad address: {}", crate::grpc::error_chain(&e)),
+            })?;
         Ok(TrackerLink {
             address: address.to_string(),
             client: TrackerClient::new(channel),
+            security: security.clone(),
             peer_id: peer_id.to_string(),
             port,
             advertise_host: advertise_host.to_string(),
@@ -110,7 +116,7 @@ impl TrackerLink {
 
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, TrackerLinkError>
     where
-        F: FnOnce(TrackerClient<Channel>) -> Fut,
+        F: FnOnce(TrackerClient<ClientChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let unreachable = |detail: String| TrackerLinkError::Unreachable {
@@ -120,11 +126,12 @@ impl TrackerLink {
         match tokio::time::timeout(CALL_TIMEOUT, f(self.client.clone())).await {
             Err(_) => Err(unreachable(format!("no answer within {CALL_TIMEOUT:?}"))),
             Ok(Ok(response)) => Ok(response.into_inner()),
-            // Transport failures surface as UNAVAILABLE (or UNKNOWN with a transport cause).
-            Ok(Err(status)) if status.code() == Code::Unavailable => {
-                Err(unreachable(status.message().to_string()))
-            }
-            Ok(Err(status)) => Err(TrackerLinkError::Rejected(status)),
+            // Transport failures surface as UNAVAILABLE (or UNKNOWN with a transport cause, as
+            // when a plaintext client meets a TLS server).
+            Ok(Err(status)) => match self.security.explain_connection_failure(&status) {
+                Some(detail) => Err(unreachable(detail)),
+                None => Err(TrackerLinkError::Rejected(status)),
+            },
         }
     }
 

@@ -46,6 +46,40 @@ impl TestTracker {
         TestTracker { addr, stop, task }
     }
 
+    /// A tracker of a private swarm: `security` says what it demands (swarm key, TLS).
+    pub async fn start_secured(
+        heartbeat: Duration,
+        security: p2pshare::grpc::ServerSecurity,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            p2pshare::tracker::serve_with_security(
+                listener,
+                TrackerConfig {
+                    heartbeat_interval: heartbeat,
+                },
+                security,
+                async move { token.cancelled().await },
+            )
+            .await
+            .unwrap();
+        });
+        TestTracker { addr, stop, task }
+    }
+
+    /// A client presenting `security` (swarm key, trusted CA).
+    pub fn secured_client(
+        &self,
+        security: &p2pshare::grpc::ClientSecurity,
+    ) -> p2pshare::pb::tracker::tracker_client::TrackerClient<p2pshare::grpc::ClientChannel> {
+        p2pshare::pb::tracker::tracker_client::TrackerClient::new(
+            security.channel(&self.addr.to_string()).unwrap(),
+        )
+    }
+
     /// Stops the tracker and waits until its port is closed.
     pub async fn stop(self) {
         self.stop.cancel();
