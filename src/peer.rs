@@ -334,6 +334,8 @@ impl PeerNode {
         for task in tasks {
             let _ = task.await;
         }
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.flush_cache()).await;
     }
 
     /// Stops at once without telling the tracker (as if the process died): for tests of

@@ -451,14 +451,22 @@ impl Run {
                 )));
             }
             expected_block += message.data.len().div_ceil(BLOCK_SIZE as usize) as u64;
-            buf.extend_from_slice(&message.data);
+            let mut incoming = message.data;
             while piece < assignment.pieces.end {
                 let range = geometry.piece_bytes(piece);
                 let len = (range.end - range.start) as usize;
-                if buf.len() < len {
-                    break;
-                }
-                let data = buf.split_to(len).freeze();
+                // A piece wholly inside the message is taken without a copy; one that straddles
+                // messages is gathered in `buf`.
+                let data = if buf.is_empty() && incoming.len() >= len {
+                    incoming.split_to(len)
+                } else {
+                    let take = (len - buf.len()).min(incoming.len());
+                    buf.extend_from_slice(&incoming.split_to(take));
+                    if buf.len() < len {
+                        break;
+                    }
+                    buf.split().freeze()
+                };
                 if let Some(previous) = pending.take() {
                     self.finish_piece(holder, previous).await?;
                 }
@@ -468,7 +476,7 @@ impl Run {
                 }
                 piece += 1;
             }
-            if piece == assignment.pieces.end && !buf.is_empty() {
+            if !incoming.is_empty() {
                 return Err(FetchError::Corrupt(
                     "sent more bytes than the range holds".into(),
                 ));

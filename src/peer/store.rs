@@ -120,6 +120,10 @@ pub struct Store {
     partial_dir: PathBuf,
     cache_path: PathBuf,
     shared: Mutex<BTreeMap<String, SharedFile>>,
+    /// The hash cache in memory (loaded on first use) and whether it differs from disk. Saved
+    /// by [`Store::flush_cache`] (each rescan, shutdown), not per download: rewriting the whole
+    /// JSON on every small file made per-file costs grow with the folder.
+    cache: Mutex<(Option<HashCache>, bool)>,
 }
 
 impl std::fmt::Debug for HashCache {
@@ -160,6 +164,7 @@ impl Store {
                 partial_dir,
                 cache_path: state_dir.join("hash-cache.json"),
                 shared: Mutex::new(BTreeMap::new()),
+                cache: Mutex::new((None, false)),
             },
             created,
         ))
@@ -211,8 +216,6 @@ impl Store {
             source,
         })?;
         let files_dir_real = fs::canonicalize(&self.files_dir).unwrap_or(self.files_dir.clone());
-        let mut cache: Option<HashCache> = None;
-        let mut cache_dirty = false;
         let mut seen = Vec::new();
         for entry in entries.flatten() {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
@@ -238,12 +241,14 @@ impl Store {
             {
                 continue;
             }
-            let cache = cache.get_or_insert_with(|| self.load_cache());
-            let cached = cache
-                .entries
-                .get(&name)
-                .filter(|c| c.size == size && c.mtime_ns == mtime)
-                .and_then(CacheEntry::manifest);
+            let cached = self.with_cache(|cache| {
+                cache
+                    .entries
+                    .get(&name)
+                    .filter(|c| c.size == size && c.mtime_ns == mtime)
+                    .cloned()
+            });
+            let cached = cached.as_ref().and_then(CacheEntry::manifest);
             let manifest = match cached {
                 Some(m) => m,
                 None => match hash_file(&path, size, mtime) {
@@ -266,8 +271,7 @@ impl Store {
                 mtime_ns: mtime,
                 manifest: Arc::new(manifest),
             };
-            cache.entries.insert(name.clone(), CacheEntry::of(&file));
-            cache_dirty = true;
+            self.remember(&file);
             self.lock().insert(name, file.clone());
             changes.added.push(file);
         }
@@ -283,11 +287,11 @@ impl Store {
                 changes.removed.push(name);
             }
         }
-        if cache_dirty || !changes.removed.is_empty() {
-            let mut cache = cache.unwrap_or_else(|| self.load_cache());
-            cache.entries.retain(|name, _| seen.contains(name));
-            self.save_cache(&cache);
+        if !changes.removed.is_empty() {
+            self.with_cache(|cache| cache.entries.retain(|name, _| seen.contains(name)));
+            self.cache_lock().1 = true;
         }
+        self.flush_cache();
         Ok(changes)
     }
 
@@ -316,6 +320,35 @@ impl Store {
         meta.is_file().then_some(meta)
     }
 
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, (Option<HashCache>, bool)> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_cache<T>(&self, f: impl FnOnce(&mut HashCache) -> T) -> T {
+        let mut guard = self.cache_lock();
+        let cache = guard.0.get_or_insert_with(|| self.load_cache());
+        f(cache)
+    }
+
+    /// Records a file's manifest in the cache (saved at the next flush).
+    fn remember(&self, file: &SharedFile) {
+        self.with_cache(|cache| {
+            cache
+                .entries
+                .insert(file.name.clone(), CacheEntry::of(file))
+        });
+        self.cache_lock().1 = true;
+    }
+
+    /// Saves the hash cache if it changed since the last save.
+    pub fn flush_cache(&self) {
+        let mut guard = self.cache_lock();
+        if let (Some(cache), true) = (&guard.0, guard.1) {
+            self.save_cache(cache);
+            guard.1 = false;
+        }
+    }
+
     fn load_cache(&self) -> HashCache {
         fs::read(&self.cache_path)
             .ok()
@@ -325,8 +358,10 @@ impl Store {
 
     fn save_cache(&self, cache: &HashCache) {
         let result = (|| -> io::Result<()> {
-            let mut tmp = tempfile::NamedTempFile::new_in(&self.partial_dir)?;
-            serde_json::to_writer(&mut tmp, cache)?;
+            let tmp = tempfile::NamedTempFile::new_in(&self.partial_dir)?;
+            let mut writer = io::BufWriter::with_capacity(1 << 16, tmp);
+            serde_json::to_writer(&mut writer, cache)?;
+            let tmp = writer.into_inner().map_err(|e| e.into_error())?;
             tmp.persist(&self.cache_path).map_err(|e| e.error)?;
             Ok(())
         })();
@@ -378,11 +413,7 @@ impl Store {
         };
         shared.insert(name.to_string(), file.clone());
         drop(shared);
-        let mut cache = self.load_cache();
-        cache
-            .entries
-            .insert(name.to_string(), CacheEntry::of(&file));
-        self.save_cache(&cache);
+        self.remember(&file);
         Ok(file)
     }
 }
