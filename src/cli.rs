@@ -22,26 +22,29 @@ pub fn fail(error: &anyhow::Error) -> std::process::ExitCode {
     std::process::ExitCode::FAILURE
 }
 
-/// Completes on Ctrl-C or SIGTERM.
+/// Completes on Ctrl-C, SIGTERM or SIGHUP (a closed terminal), so the process leaves the swarm
+/// cleanly instead of lingering in other peers' lists until it expires.
 pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
+        use tokio::signal::unix::{signal, SignalKind};
+        let wait = |kind: SignalKind| async move {
+            match signal(kind) {
+                Ok(mut s) => {
+                    s.recv().await;
                 }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = wait(SignalKind::terminate()) => {},
+            _ = wait(SignalKind::hangup()) => {},
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

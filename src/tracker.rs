@@ -50,8 +50,8 @@ pub enum TrackerError {
         /// Where its current holder is.
         address: String,
     },
-    /// Nobody holds the file.
-    #[error("no peer holds {0:?}")]
+    /// Nobody holds the file (or that version of it); the text names what was asked for.
+    #[error("no peer holds {0}")]
     UnknownFile(String),
     /// The catalog would pass [`MAX_FILES_PER_PEER`].
     #[error("a peer may share at most {MAX_FILES_PER_PEER} files with the tracker")]
@@ -323,7 +323,11 @@ impl Registry {
             .filter(|v| !v.holders.is_empty())
             .collect();
         if versions.is_empty() {
-            return Err(TrackerError::UnknownFile(name.to_string()));
+            return Err(TrackerError::UnknownFile(if prefix.is_empty() {
+                format!("{name:?}")
+            } else {
+                format!("{name:?} with a content id starting {prefix}")
+            }));
         }
         versions.sort_by(|a, b| {
             b.holders
