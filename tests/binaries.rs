@@ -3,6 +3,9 @@
 //! fed commands on standard input. Every wait is bounded, and every child is killed at the end
 //! even when an assertion fails.
 
+mod common;
+
+use common::content;
 use p2pshare::pb::tracker as tracker_pb;
 use p2pshare::pb::tracker::tracker_client::TrackerClient;
 use std::fs::File;
@@ -278,19 +281,6 @@ fn wait_for_holders(
 fn words(line: &str) -> Vec<&str> {
     line.split(|c: char| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-')))
         .filter(|w| !w.is_empty())
-        .collect()
-}
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
         .collect()
 }
 

@@ -11,6 +11,9 @@
 //! Every child process is killed when its guard drops, on success and on panic alike, and every
 //! wait is bounded.
 
+mod common;
+
+use common::content;
 use p2pshare::pb::tracker::tracker_client::TrackerClient;
 use p2pshare::pb::tracker::WhoHasRequest;
 use std::io::{BufRead, BufReader};
@@ -289,19 +292,6 @@ fn generate_stubs(python: &Path, out: &Path, logs: &Path) {
             "protoc did not produce {module}"
         );
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A tracker and seeders running as child processes, with their logs in `dir/logs`.
