@@ -704,7 +704,8 @@ async fn run_plan(plan: Plan) -> Result<ChildReport, String> {
 }
 
 /// Hashes the file at `path` into its content id (blocking).
-fn content_id_of(path: &Path) -> std::io::Result<ContentId> {
+/// The content id of a file on disk, hashed whole.
+pub fn content_id_of(path: &Path) -> std::io::Result<ContentId> {
     let file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     let reader = std::io::BufReader::with_capacity(COPY_BUFFER, file);
@@ -1234,7 +1235,8 @@ async fn stop_tracker(tracker: TrackerHandle) {
     let _ = tokio::time::timeout(Duration::from_secs(10), tracker.task).await;
 }
 
-fn write_random(path: &Path, size: u64) -> std::io::Result<()> {
+/// Writes `size` random bytes to `path` and flushes them to disk.
+pub fn write_random(path: &Path, size: u64) -> std::io::Result<()> {
     let mut file = std::io::BufWriter::with_capacity(COPY_BUFFER, std::fs::File::create(path)?);
     let mut rng = rand::rng();
     let mut buf = vec![0u8; COPY_BUFFER];

@@ -4,10 +4,10 @@
 
 use anyhow::{ensure, Context};
 use clap::Parser;
-use p2pshare::chunking::{ContentId, Manifest};
+use p2pshare::bench::swarm::{content_id_of, write_random};
+use p2pshare::chunking::ContentId;
 use p2pshare::peer::shell::{execute, parse};
 use p2pshare::peer::{PeerConfig, PeerNode};
-use rand::RngCore;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,11 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let original = root.join("original.bin");
     std::fs::create_dir_all(&root)?;
     write_random(&original, args.size)?;
-    let original_id = {
-        let f = std::fs::File::open(&original)?;
-        Manifest::from_reader(std::io::BufReader::with_capacity(1 << 20, f), args.size)?
-            .content_id()
-    };
+    let original_id = content_id_of(&original)?;
 
     let mut seeders = Vec::new();
     for i in 0..args.seeders {
@@ -109,11 +105,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let got = root.join("D/files").join(name);
-    let got_id = {
-        let f = std::fs::File::open(&got).with_context(|| format!("{} missing", got.display()))?;
-        Manifest::from_reader(std::io::BufReader::with_capacity(1 << 20, f), args.size)?
-            .content_id()
-    };
+    let got_id = content_id_of(&got).with_context(|| format!("{} missing", got.display()))?;
     ensure!(
         got_id == original_id,
         "downloaded file differs from the original"
@@ -145,19 +137,4 @@ async fn start_peer(
         anyhow::bail!("peer {id} could not register: {e}");
     }
     Ok(node)
-}
-
-fn write_random(path: &std::path::Path, size: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    let mut rng = rand::rng();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        rng.fill_bytes(&mut buf[..n]);
-        file.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    file.flush()
 }
