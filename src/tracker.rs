@@ -766,6 +766,11 @@ mod tests {
         assert_eq!(only_old.len(), 1);
         assert_eq!(only_old[0].content_id, old);
         assert!(r.who_has("f", "XYZ", now).is_err());
+        let missing = r.who_has("f", "ffff", now).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "no peer holds \"f\" with a content id starting ffff"
+        );
     }
 
     #[test]

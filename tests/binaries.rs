@@ -441,3 +441,43 @@ fn a_peer_without_a_tracker_starts_and_reports_it_unreachable() {
     );
     assert!(tmp.path().join("X").join("files").is_dir());
 }
+
+#[test]
+fn exec_mode_runs_commands_and_exits_with_their_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("E/files")).unwrap();
+    std::fs::write(tmp.path().join("E/files/a.txt"), b"abc").unwrap();
+    // Nothing listens on this port: local commands work, tracker commands fail at once.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let exec = |commands: &str| {
+        Command::new(env!("CARGO_BIN_EXE_peer"))
+            .args([
+                "E",
+                "0",
+                &format!("127.0.0.1:{port}"),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--root")
+            .arg(tmp.path())
+            .args(["--exec", commands])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ok = exec("myfiles --json");
+    assert!(ok.status.success(), "{ok:?}");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    let json_line = stdout.lines().find(|l| l.starts_with('[')).unwrap();
+    let files: serde_json::Value = serde_json::from_str(json_line).unwrap();
+    assert_eq!(files[0]["name"], "a.txt");
+    assert_eq!(files[0]["size"], 3);
+
+    let failed = exec("myfiles; whohas a.txt");
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let stdout = String::from_utf8_lossy(&failed.stdout);
+    assert!(stdout.contains("tracker unreachable"), "{stdout}");
+}
