@@ -6,7 +6,7 @@
 //! is drawn (through `MultiProgress::suspend`), plainly otherwise.
 
 use crate::human;
-use crate::peer::download::Progress;
+use crate::progress::Progress;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;

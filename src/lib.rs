@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod human;
 pub mod names;
 pub mod peer;
+pub mod progress;
 pub mod status;
 pub mod tracker;
 

@@ -127,14 +127,7 @@ impl DownloadRequest {
     }
 }
 
-/// Live counters of a download, for progress display.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Total bytes of the file (0 until known).
-    pub total: AtomicU64,
-    /// Bytes verified so far (including resumed ones).
-    pub done: AtomicU64,
-}
+pub use crate::progress::Progress;
 
 /// How one holder did.
 #[derive(Debug, Clone)]
