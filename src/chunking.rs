@@ -64,6 +64,14 @@ pub enum ChunkingError {
     RootMismatch(ContentId),
 }
 
+/// A malformed id or manifest in a request is the caller's mistake: INVALID_ARGUMENT, with the
+/// reason.
+impl From<ChunkingError> for tonic::Status {
+    fn from(e: ChunkingError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
 /// The identity of a file's content: the BLAKE3 hash of its bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContentId(pub [u8; HASH_LEN]);

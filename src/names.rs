@@ -40,6 +40,13 @@ pub enum NameError {
     DotName(String),
 }
 
+/// A refused name is the caller's mistake: INVALID_ARGUMENT, with the reason.
+impl From<NameError> for tonic::Status {
+    fn from(e: NameError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
 fn shorten(name: &str) -> String {
     name.chars().take(64).collect()
 }

@@ -1,0 +1,239 @@
+//! The tonic face of the tracker: each RPC checks its request, asks the [`Registry`] and answers.
+//! Every call runs in a `tracker_request` span (the RPC, the caller's address, its peer id) so a
+//! tracker's debug log can be followed call by call.
+
+use super::address::advertised_address;
+use super::registry::{CheckedFile, Registry};
+use super::{TrackerConfig, TrackerError};
+use crate::names::validate_peer_id;
+use crate::pb::tracker as pb;
+use crate::pb::tracker::tracker_server::Tracker;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+use tracing::{field, Instrument, Span};
+
+/// The gRPC Tracker service over a shared [`Registry`].
+#[derive(Clone)]
+pub struct TrackerService {
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl TrackerService {
+    /// A service over a fresh registry.
+    pub fn new(config: &TrackerConfig) -> Self {
+        TrackerService {
+            registry: Arc::new(Mutex::new(Registry::new(config.heartbeat_interval))),
+        }
+    }
+
+    /// Runs `f` on the registry under its lock (never held across an `.await`: `f` is sync).
+    pub(super) fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        // A panic while holding the lock cannot leave the registry half-updated in a way that
+        // matters more than losing the tracker, so poisoning is ignored.
+        let mut guard = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    fn interval_secs(&self) -> u32 {
+        self.with(|r| r.heartbeat_interval().as_secs().max(1) as u32)
+    }
+}
+
+/// The span of one incoming call. The peer id is recorded only when it is well-formed: raw
+/// network text never reaches the log (a malformed id is refused by the registry anyway).
+fn request_span(rpc: &'static str, remote: Option<SocketAddr>, peer_id: Option<&str>) -> Span {
+    let span = tracing::debug_span!(
+        "tracker_request",
+        rpc,
+        remote = field::Empty,
+        peer = field::Empty
+    );
+    if let Some(remote) = remote {
+        span.record("remote", field::display(remote));
+    }
+    if let Some(peer_id) = peer_id.filter(|id| validate_peer_id(id).is_ok()) {
+        span.record("peer", peer_id);
+    }
+    span
+}
+
+/// Runs one call's handling in `span`, logging a refusal there (at debug: refusals are the
+/// caller's business, but following a call needs to see them).
+async fn in_span<T>(
+    span: Span,
+    handling: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    async move {
+        let result = handling.await;
+        if let Err(status) = &result {
+            tracing::debug!(code = ?status.code(), "refused: {}", status.message());
+        }
+        result.map(Response::new)
+    }
+    .instrument(span)
+    .await
+}
+
+#[tonic::async_trait]
+impl Tracker for TrackerService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let remote = request.remote_addr();
+        let span = request_span("Register", remote, Some(&request.get_ref().peer_id));
+        in_span(span, async move {
+            let req = request.into_inner();
+            let address = advertised_address(remote, &req.advertise_host, req.port)?;
+            let files = req
+                .files
+                .into_iter()
+                .map(CheckedFile::try_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            let count = files.len();
+            let observed_ip = remote.map(|a| a.ip().to_canonical());
+            let registered = self.with(|r| {
+                r.register(
+                    &req.peer_id,
+                    address,
+                    observed_ip,
+                    &req.session_token,
+                    files,
+                    Instant::now(),
+                )
+            })?;
+            tracing::info!(
+                peer = %req.peer_id,
+                address = %registered.address,
+                files = count,
+                "peer registered"
+            );
+            Ok(pb::RegisterResponse {
+                session_token: registered.token,
+                heartbeat_interval_secs: self.interval_secs(),
+                advertised_address: registered.address,
+            })
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let span = request_span(
+            "Heartbeat",
+            request.remote_addr(),
+            Some(&request.get_ref().peer_id),
+        );
+        in_span(span, async move {
+            let req = request.into_inner();
+            self.with(|r| r.heartbeat(&req.peer_id, &req.session_token, Instant::now()))?;
+            Ok(pb::HeartbeatResponse {
+                heartbeat_interval_secs: self.interval_secs(),
+            })
+        })
+        .await
+    }
+
+    async fn announce_file(
+        &self,
+        request: Request<pb::AnnounceFileRequest>,
+    ) -> Result<Response<pb::AnnounceFileResponse>, Status> {
+        let span = request_span(
+            "AnnounceFile",
+            request.remote_addr(),
+            Some(&request.get_ref().peer_id),
+        );
+        in_span(span, async move {
+            let req = request.into_inner();
+            let file = req
+                .file
+                .ok_or_else(|| TrackerError::InvalidArgument("file is required".into()))?;
+            let file = CheckedFile::try_from(file)?;
+            let name = file.name().to_string();
+            self.with(|r| r.announce(&req.peer_id, &req.session_token, file, Instant::now()))?;
+            // Logged once checked: nothing unvalidated reaches the log.
+            tracing::info!(peer = %req.peer_id, file = %name, "file announced");
+            Ok(pb::AnnounceFileResponse {})
+        })
+        .await
+    }
+
+    async fn withdraw_file(
+        &self,
+        request: Request<pb::WithdrawFileRequest>,
+    ) -> Result<Response<pb::WithdrawFileResponse>, Status> {
+        let span = request_span(
+            "WithdrawFile",
+            request.remote_addr(),
+            Some(&request.get_ref().peer_id),
+        );
+        in_span(span, async move {
+            let req = request.into_inner();
+            self.with(|r| r.withdraw(&req.peer_id, &req.session_token, &req.name, Instant::now()))?;
+            tracing::info!(peer = %req.peer_id, file = %req.name, "file withdrawn");
+            Ok(pb::WithdrawFileResponse {})
+        })
+        .await
+    }
+
+    async fn who_has(
+        &self,
+        request: Request<pb::WhoHasRequest>,
+    ) -> Result<Response<pb::WhoHasResponse>, Status> {
+        let span = request_span("WhoHas", request.remote_addr(), None);
+        in_span(span, async move {
+            let req = request.into_inner();
+            let versions =
+                self.with(|r| r.who_has(&req.name, &req.content_id_prefix, Instant::now()))?;
+            Ok(pb::WhoHasResponse { versions })
+        })
+        .await
+    }
+
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        let span = request_span(
+            "Leave",
+            request.remote_addr(),
+            Some(&request.get_ref().peer_id),
+        );
+        in_span(span, async move {
+            let req = request.into_inner();
+            self.with(|r| r.leave(&req.peer_id, &req.session_token, Instant::now()))?;
+            tracing::info!(peer = %req.peer_id, "peer left");
+            Ok(pb::LeaveResponse {})
+        })
+        .await
+    }
+
+    async fn list_peers(
+        &self,
+        request: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        let span = request_span("ListPeers", request.remote_addr(), None);
+        in_span(span, async move {
+            let peers = self.with(|r| r.peers(Instant::now()));
+            Ok(pb::ListPeersResponse { peers })
+        })
+        .await
+    }
+
+    async fn list_files(
+        &self,
+        request: Request<pb::ListFilesRequest>,
+    ) -> Result<Response<pb::ListFilesResponse>, Status> {
+        let span = request_span("ListFiles", request.remote_addr(), None);
+        in_span(span, async move {
+            let files = self.with(|r| r.files(Instant::now()));
+            Ok(pb::ListFilesResponse { files })
+        })
+        .await
+    }
+}
