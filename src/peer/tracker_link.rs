@@ -1,6 +1,7 @@
 //! A peer's connection to the tracker: registration with its session token, heartbeats,
 //! announcements and queries. Every call has a deadline, so a tracker that is down gives a clear
-//! "tracker unreachable" error instead of a hang.
+//! "tracker unreachable" error instead of a hang, and runs in a `tracker_call` span (the RPC and
+//! the tracker's address) so a peer's debug log shows which call a line belongs to.
 
 use crate::grpc::{ClientChannel, ClientSecurity};
 use crate::pb::tracker as pb;
@@ -8,6 +9,7 @@ use crate::pb::tracker::tracker_client::TrackerClient;
 use std::sync::Mutex;
 use std::time::Duration;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 /// Deadline of one call to the tracker.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,7 +116,8 @@ impl TrackerLink {
             .ok_or(TrackerLinkError::NotRegistered)
     }
 
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, TrackerLinkError>
+    /// Makes the call `rpc` (named for the span) with the deadline [`CALL_TIMEOUT`].
+    async fn call<T, F, Fut>(&self, rpc: &'static str, f: F) -> Result<T, TrackerLinkError>
     where
         F: FnOnce(TrackerClient<ClientChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -123,16 +126,26 @@ impl TrackerLink {
             address: self.address.clone(),
             detail,
         };
-        match tokio::time::timeout(CALL_TIMEOUT, f(self.client.clone())).await {
-            Err(_) => Err(unreachable(format!("no answer within {CALL_TIMEOUT:?}"))),
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            // Transport failures surface as UNAVAILABLE (or UNKNOWN with a transport cause, as
-            // when a plaintext client meets a TLS server).
-            Ok(Err(status)) => match self.security.explain_connection_failure(&status) {
-                Some(detail) => Err(unreachable(detail)),
-                None => Err(TrackerLinkError::Rejected(status)),
-            },
+        let span = tracing::debug_span!("tracker_call", rpc, tracker = %self.address);
+        async move {
+            let result = match tokio::time::timeout(CALL_TIMEOUT, f(self.client.clone())).await {
+                Err(_) => Err(unreachable(format!("no answer within {CALL_TIMEOUT:?}"))),
+                Ok(Ok(response)) => Ok(response.into_inner()),
+                // Transport failures surface as UNAVAILABLE (or UNKNOWN with a transport cause,
+                // as when a plaintext client meets a TLS server).
+                Ok(Err(status)) => match self.security.explain_connection_failure(&status) {
+                    Some(detail) => Err(unreachable(detail)),
+                    None => Err(TrackerLinkError::Rejected(status)),
+                },
+            };
+            // The caller decides how much a failure matters; following a call needs to see it.
+            if let Err(e) = &result {
+                tracing::debug!("failed: {e}");
+            }
+            result
         }
+        .instrument(span)
+        .await
     }
 
     /// Registers with the full catalog `files`; remembers the session.
@@ -146,7 +159,7 @@ impl TrackerLink {
             session_token: previous,
         };
         let response = self
-            .call(|mut c| async move { c.register(request).await })
+            .call("Register", |mut c| async move { c.register(request).await })
             .await?;
         let session = Session {
             token: response.session_token,
@@ -164,7 +177,10 @@ impl TrackerLink {
             session_token: self.token()?,
         };
         match self
-            .call(|mut c| async move { c.heartbeat(request).await })
+            .call(
+                "Heartbeat",
+                |mut c| async move { c.heartbeat(request).await },
+            )
             .await
         {
             Ok(response) => {
@@ -191,9 +207,11 @@ impl TrackerLink {
             session_token: self.token()?,
             file: Some(file),
         };
-        self.call(|mut c| async move { c.announce_file(request).await })
-            .await
-            .map(|_| ())
+        self.call("AnnounceFile", |mut c| async move {
+            c.announce_file(request).await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Withdraws a file.
@@ -203,9 +221,11 @@ impl TrackerLink {
             session_token: self.token()?,
             name: name.to_string(),
         };
-        self.call(|mut c| async move { c.withdraw_file(request).await })
-            .await
-            .map(|_| ())
+        self.call("WithdrawFile", |mut c| async move {
+            c.withdraw_file(request).await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Leaves the swarm (if registered).
@@ -215,7 +235,7 @@ impl TrackerLink {
             session_token: self.token()?,
         };
         let result = self
-            .call(|mut c| async move { c.leave(request).await })
+            .call("Leave", |mut c| async move { c.leave(request).await })
             .await
             .map(|_| ());
         self.set_session(None);
@@ -232,22 +252,80 @@ impl TrackerLink {
             name: name.to_string(),
             content_id_prefix: content_id_prefix.to_string(),
         };
-        self.call(|mut c| async move { c.who_has(request).await })
+        self.call("WhoHas", |mut c| async move { c.who_has(request).await })
             .await
             .map(|r| r.versions)
     }
 
     /// Live peers.
     pub async fn peers(&self) -> Result<Vec<pb::PeerSummary>, TrackerLinkError> {
-        self.call(|mut c| async move { c.list_peers(pb::ListPeersRequest {}).await })
-            .await
-            .map(|r| r.peers)
+        self.call("ListPeers", |mut c| async move {
+            c.list_peers(pb::ListPeersRequest {}).await
+        })
+        .await
+        .map(|r| r.peers)
     }
 
     /// Every file in the swarm.
     pub async fn files(&self) -> Result<Vec<pb::FileSummary>, TrackerLinkError> {
-        self.call(|mut c| async move { c.list_files(pb::ListFilesRequest {}).await })
+        self.call("ListFiles", |mut c| async move {
+            c.list_files(pb::ListFilesRequest {}).await
+        })
+        .await
+        .map(|r| r.files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{self, Write};
+    use std::sync::Arc;
+
+    /// Log output written to memory, to be read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn each_call_runs_in_a_span_naming_the_rpc_and_the_tracker() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        // A port nobody listens on any more: the call fails at once.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .map(|r| r.files)
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let link =
+            TrackerLink::new(&closed.to_string(), "A", 1, "", &ClientSecurity::default()).unwrap();
+        let error = link.who_has("f", "").await.unwrap_err();
+        assert!(
+            matches!(error, TrackerLinkError::Unreachable { .. }),
+            "{error}"
+        );
+
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let span = format!(r#"tracker_call{{rpc="WhoHas" tracker={closed}}}"#);
+        assert!(
+            text.lines()
+                .any(|line| line.contains(&span) && line.contains("failed: tracker unreachable")),
+            "no {span} line in:\n{text}"
+        );
     }
 }

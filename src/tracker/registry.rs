@@ -424,6 +424,17 @@ mod tests {
     }
 
     #[test]
+    fn tokens_match_only_when_equal() {
+        let token = new_token();
+        assert_eq!(token.len(), 32);
+        assert!(same_token(&token, &token.clone()));
+        assert!(!same_token(&token, &token[..31]));
+        assert!(!same_token(&token, &format!("{token}0")));
+        assert!(!same_token(&token, ""));
+        assert!(!same_token(&token, &new_token()));
+    }
+
+    #[test]
     fn register_announce_withdraw_leave_are_reflected() {
         let now = Instant::now();
         let mut r = Registry::new(Duration::from_secs(10));
