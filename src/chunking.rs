@@ -387,11 +387,6 @@ fn merge_non_root(cvs: &[ChainingValue]) -> ChainingValue {
     merge_subtrees_non_root(&left, &right, Mode::Hash)
 }
 
-/// Splits data into blocks of [`BLOCK_SIZE`] bytes (the last may be shorter; none for empty data).
-pub fn split_blocks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    data.chunks(BLOCK_SIZE as usize)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,15 +540,17 @@ mod tests {
     }
 
     #[test]
-    fn split_blocks_reassembles_at_edge_sizes() {
+    fn blocks_tile_the_file_at_edge_sizes() {
         for size in [0u64, 1, 4095, 4096, 4097, 3 * 1024 * 1024 + 1] {
             let data = pattern(size);
-            let blocks: Vec<&[u8]> = split_blocks(&data).collect();
-            assert_eq!(blocks.len() as u64, Geometry::for_size(size).block_count());
-            assert!(blocks[..blocks.len().saturating_sub(1)]
-                .iter()
-                .all(|b| b.len() == BLOCK_SIZE as usize));
-            assert_eq!(blocks.concat(), data);
+            let geometry = Geometry::for_size(size);
+            let blocks: Vec<&[u8]> = data.chunks(BLOCK_SIZE as usize).collect();
+            assert_eq!(blocks.len() as u64, geometry.block_count());
+            for (index, block) in blocks.iter().enumerate() {
+                let range = geometry.block_bytes(index as u64, 1).unwrap();
+                assert_eq!(&data[range.start as usize..range.end as usize], *block);
+            }
+            assert_eq!(geometry.block_bytes(geometry.block_count(), 1), None);
         }
     }
 
