@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Name of the CSV file `bench` appends to, in the peer's directory.
 pub const CSV_NAME: &str = "download_times.csv";
@@ -109,7 +110,10 @@ pub async fn bench(
         let progress = Arc::new(Progress::default());
         let display =
             ProgressDisplay::start(format!("run {run}/{runs}"), vec![progress.clone()], mode);
-        let report = scratch_download(node, file, progress).await;
+        // One span per run, so each run's logs say which run they belong to.
+        let report = scratch_download(node, file, progress)
+            .instrument(tracing::info_span!("bench", file, run))
+            .await;
         display.finish().await;
         let report = report?;
         remove_scratch(&report);
@@ -174,10 +178,13 @@ pub async fn stress(
     let mut tasks = tokio::task::JoinSet::new();
     let progress: Vec<Arc<Progress>> = (0..threads).map(|_| Arc::default()).collect();
     let display = ProgressDisplay::start(format!("stress x{threads}"), progress.clone(), mode);
-    for item in progress {
+    for (n, item) in progress.into_iter().enumerate() {
         let node = node.clone();
+        // One span per download (spawned tasks do not inherit the caller's), so the logs of
+        // concurrent downloads can be told apart.
+        let span = tracing::info_span!("stress", file, n);
         let file = file.to_string();
-        tasks.spawn(async move {
+        let download = async move {
             let report = scratch_download(&node, &file, item).await?;
             // Independent check of the copy on disk: hash it again, whole.
             let path = report.path.clone();
@@ -196,7 +203,8 @@ pub async fn stress(
             .flatten();
             remove_scratch(&report);
             Ok::<_, String>((report, copy_id))
-        });
+        };
+        tasks.spawn(download.instrument(span));
     }
     let mut result = StressReport {
         succeeded: 0,

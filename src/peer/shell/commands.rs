@@ -106,3 +106,137 @@ async fn get(
         Err(e) => failed(out, e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::PeerConfig;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    /// A span as the test saw it: its name, its fields, how often it was entered.
+    #[derive(Debug, Default, Clone)]
+    struct SeenSpan {
+        name: String,
+        fields: BTreeMap<String, String>,
+        entered: usize,
+    }
+
+    /// Records every span created and entered on this thread.
+    #[derive(Clone, Default)]
+    struct SpanLog(Arc<Mutex<BTreeMap<u64, SeenSpan>>>);
+
+    struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.insert(field.name().into(), value.into());
+        }
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().into(), format!("{value:?}"));
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            _ctx: Context<'_, S>,
+        ) {
+            let mut span = SeenSpan {
+                name: attrs.metadata().name().into(),
+                ..SeenSpan::default()
+            };
+            attrs.record(&mut Fields(&mut span.fields));
+            self.0.lock().unwrap().insert(id.into_u64(), span);
+        }
+        fn on_enter(&self, id: &tracing::span::Id, _ctx: Context<'_, S>) {
+            if let Some(span) = self.0.lock().unwrap().get_mut(&id.into_u64()) {
+                span.entered += 1;
+            }
+        }
+    }
+
+    impl SpanLog {
+        /// The spans named `name`, as (fields, entered) pairs.
+        fn named(&self, name: &str) -> Vec<SeenSpan> {
+            let spans = self.0.lock().unwrap();
+            spans.values().filter(|s| s.name == name).cloned().collect()
+        }
+    }
+
+    async fn peer(id: &str, root: &std::path::Path, tracker: &str) -> Arc<PeerNode> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = PeerConfig::new(id, root.join(id), tracker);
+        let (node, info) = PeerNode::start(config, listener).await.unwrap();
+        assert!(info.registration.is_ok(), "{:?}", info.registration);
+        node
+    }
+
+    /// `get`, each `bench` run and each `stress` download run inside a span that names the
+    /// command, the file and which one it is, so their logs can be told apart.
+    #[tokio::test]
+    async fn downloading_commands_run_in_their_own_spans() {
+        let spans = SpanLog::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tracker = listener.local_addr().unwrap().to_string();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let tracker_task = tokio::spawn(crate::tracker::serve(
+            listener,
+            crate::tracker::TrackerConfig::default(),
+            async move { token.cancelled().await },
+        ));
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("S/files")).unwrap();
+        std::fs::write(root.path().join("S/files/f.bin"), vec![7u8; 100_000]).unwrap();
+        let seeder = peer("S", root.path(), &tracker).await;
+        let node = peer("D", root.path(), &tracker).await;
+
+        let mut out = Vec::new();
+        for line in ["get f.bin", "bench f.bin 2", "stress f.bin 3"] {
+            let command = super::super::parse(line).unwrap();
+            let outcome = execute(&node, command, &mut out, ProgressMode::Off)
+                .await
+                .unwrap();
+            assert_eq!(
+                outcome,
+                Outcome::Ok,
+                "{line}: {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+
+        let fields = |name: &str, number: &str| {
+            let mut seen: Vec<(String, String)> = spans
+                .named(name)
+                .into_iter()
+                .map(|s| {
+                    assert!(s.entered > 0, "{name} span never entered: {s:?}");
+                    (s.fields["file"].clone(), s.fields[number].clone())
+                })
+                .collect();
+            seen.sort();
+            seen
+        };
+        let file = |n: &str| ("f.bin".to_string(), n.to_string());
+        let get: Vec<SeenSpan> = spans.named("get");
+        assert_eq!(get.len(), 1, "{get:?}");
+        assert_eq!(get[0].fields["file"], "f.bin");
+        assert!(get[0].entered > 0);
+        assert_eq!(fields("bench", "run"), vec![file("1"), file("2")]);
+        assert_eq!(fields("stress", "n"), vec![file("0"), file("1"), file("2")]);
+
+        node.shutdown().await;
+        seeder.shutdown().await;
+        stop.cancel();
+        let _ = tracker_task.await;
+    }
+}
