@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Name of the CSV file `bench` appends to, in the peer's directory.
-pub const CSV_NAME: &str = "download_times.csv";
+pub(crate) const CSV_NAME: &str = "download_times.csv";
 /// The CSV header.
-pub const CSV_HEADER: [&str; 8] = [
+pub(crate) const CSV_HEADER: [&str; 8] = [
     "timestamp",
     "peer_id",
     "file",
@@ -30,7 +30,7 @@ pub const CSV_HEADER: [&str; 8] = [
 
 /// One row of `download_times.csv`.
 #[derive(Debug, Clone)]
-pub struct BenchRow {
+pub(crate) struct BenchRow {
     /// Seconds since the Unix epoch when the run ended.
     pub timestamp: f64,
     /// The downloading peer.
@@ -50,7 +50,7 @@ pub struct BenchRow {
 }
 
 /// Appends rows to the CSV at `path`, writing the header first if the file is new or empty.
-pub fn append_csv(path: &Path, rows: &[BenchRow]) -> std::io::Result<()> {
+pub(crate) fn append_csv(path: &Path, rows: &[BenchRow]) -> std::io::Result<()> {
     let new = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -97,7 +97,7 @@ fn remove_scratch(report: &DownloadReport) {
 
 /// `bench <file> [runs]`: downloads `file` `runs` times in a row, prints each run and the mean,
 /// appends one row per run to `download_times.csv`.
-pub async fn bench(
+pub(crate) async fn bench(
     node: &Arc<PeerNode>,
     file: &str,
     runs: u32,
@@ -152,7 +152,7 @@ pub async fn bench(
 
 /// What `stress` found.
 #[derive(Debug, Clone)]
-pub struct StressReport {
+pub(crate) struct StressReport {
     /// Downloads that completed.
     pub succeeded: usize,
     /// Failures with their messages.
@@ -167,7 +167,7 @@ pub struct StressReport {
 
 /// `stress <file> [threads]`: runs `threads` downloads at once, then re-hashes every copy from
 /// disk and checks it against the content id the tracker announced.
-pub async fn stress(
+pub(crate) async fn stress(
     node: &Arc<PeerNode>,
     file: &str,
     threads: u32,
