@@ -5,17 +5,19 @@ pub mod swarm;
 use crate::chunking::{ContentId, Manifest};
 use crate::console::{ProgressDisplay, ProgressMode};
 use crate::human;
-use crate::peer::download::{Destination, DownloadReport, DownloadRequest, Progress};
+use crate::peer::download::{Destination, DownloadReport, DownloadRequest};
 use crate::peer::PeerNode;
+use crate::progress::Progress;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Name of the CSV file `bench` appends to, in the peer's directory.
-pub const CSV_NAME: &str = "download_times.csv";
+pub(crate) const CSV_NAME: &str = "download_times.csv";
 /// The CSV header.
-pub const CSV_HEADER: [&str; 8] = [
+pub(crate) const CSV_HEADER: [&str; 8] = [
     "timestamp",
     "peer_id",
     "file",
@@ -28,7 +30,7 @@ pub const CSV_HEADER: [&str; 8] = [
 
 /// One row of `download_times.csv`.
 #[derive(Debug, Clone)]
-pub struct BenchRow {
+pub(crate) struct BenchRow {
     /// Seconds since the Unix epoch when the run ended.
     pub timestamp: f64,
     /// The downloading peer.
@@ -48,7 +50,7 @@ pub struct BenchRow {
 }
 
 /// Appends rows to the CSV at `path`, writing the header first if the file is new or empty.
-pub fn append_csv(path: &Path, rows: &[BenchRow]) -> std::io::Result<()> {
+pub(crate) fn append_csv(path: &Path, rows: &[BenchRow]) -> std::io::Result<()> {
     let new = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -95,7 +97,7 @@ fn remove_scratch(report: &DownloadReport) {
 
 /// `bench <file> [runs]`: downloads `file` `runs` times in a row, prints each run and the mean,
 /// appends one row per run to `download_times.csv`.
-pub async fn bench(
+pub(crate) async fn bench(
     node: &Arc<PeerNode>,
     file: &str,
     runs: u32,
@@ -108,7 +110,10 @@ pub async fn bench(
         let progress = Arc::new(Progress::default());
         let display =
             ProgressDisplay::start(format!("run {run}/{runs}"), vec![progress.clone()], mode);
-        let report = scratch_download(node, file, progress).await;
+        // One span per run, so each run's logs say which run they belong to.
+        let report = scratch_download(node, file, progress)
+            .instrument(tracing::info_span!("bench", file, run))
+            .await;
         display.finish().await;
         let report = report?;
         remove_scratch(&report);
@@ -147,7 +152,7 @@ pub async fn bench(
 
 /// What `stress` found.
 #[derive(Debug, Clone)]
-pub struct StressReport {
+pub(crate) struct StressReport {
     /// Downloads that completed.
     pub succeeded: usize,
     /// Failures with their messages.
@@ -162,7 +167,7 @@ pub struct StressReport {
 
 /// `stress <file> [threads]`: runs `threads` downloads at once, then re-hashes every copy from
 /// disk and checks it against the content id the tracker announced.
-pub async fn stress(
+pub(crate) async fn stress(
     node: &Arc<PeerNode>,
     file: &str,
     threads: u32,
@@ -173,10 +178,13 @@ pub async fn stress(
     let mut tasks = tokio::task::JoinSet::new();
     let progress: Vec<Arc<Progress>> = (0..threads).map(|_| Arc::default()).collect();
     let display = ProgressDisplay::start(format!("stress x{threads}"), progress.clone(), mode);
-    for item in progress {
+    for (n, item) in progress.into_iter().enumerate() {
         let node = node.clone();
+        // One span per download (spawned tasks do not inherit the caller's), so the logs of
+        // concurrent downloads can be told apart.
+        let span = tracing::info_span!("stress", file, n);
         let file = file.to_string();
-        tasks.spawn(async move {
+        let download = async move {
             let report = scratch_download(&node, &file, item).await?;
             // Independent check of the copy on disk: hash it again, whole.
             let path = report.path.clone();
@@ -195,7 +203,8 @@ pub async fn stress(
             .flatten();
             remove_scratch(&report);
             Ok::<_, String>((report, copy_id))
-        });
+        };
+        tasks.spawn(download.instrument(span));
     }
     let mut result = StressReport {
         succeeded: 0,

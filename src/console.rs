@@ -36,7 +36,7 @@ impl ProgressMode {
 }
 
 /// Something that prints a line above the prompt (rustyline's external printer).
-pub type PromptPrinter = Box<dyn FnMut(String) + Send>;
+pub(crate) type PromptPrinter = Box<dyn FnMut(String) + Send>;
 
 #[derive(Default)]
 struct Console {
@@ -55,12 +55,12 @@ fn lock() -> std::sync::MutexGuard<'static, Console> {
 }
 
 /// Installs the printer used while the prompt is shown.
-pub fn set_prompt_printer(printer: PromptPrinter) {
+pub(crate) fn set_prompt_printer(printer: PromptPrinter) {
     lock().prompt = Some(printer);
 }
 
 /// Marks whether the shell is waiting at its prompt.
-pub fn set_prompt_active(active: bool) {
+pub(crate) fn set_prompt_active(active: bool) {
     lock().prompt_active = active;
 }
 
@@ -109,7 +109,7 @@ impl Drop for LogWriter {
 }
 
 /// Shows the progress of one or more downloads (summed) until dropped.
-pub struct ProgressDisplay {
+pub(crate) struct ProgressDisplay {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }

@@ -1,4 +1,9 @@
-//! Numbers for people: sizes in KiB/MiB/GiB, rates, durations.
+//! Numbers for people: sizes in KiB/MiB/GiB, rates, durations; and [`parse_size`] for the
+//! size and rate flags.
+//!
+//! Not `indicatif::HumanBytes`: it prints two decimals (`64.00 MiB`) where the shell's tables,
+//! `get`, `bench` and `stress` lines have always printed one (`64.0 MiB`), and those formats must
+//! not change; progress bars keep indicatif's own `{bytes}` formatting.
 
 use std::time::Duration;
 
@@ -37,23 +42,6 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_read_well() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(64 << 20), "64.0 MiB");
-        assert_eq!(bytes(3 << 30), "3.0 GiB");
-        assert_eq!(duration(Duration::from_millis(12)), "12.0 ms");
-        assert_eq!(duration(Duration::from_millis(1250)), "1.25 s");
-        assert_eq!(rate(2 << 20, Duration::from_secs(2)), "1.0 MiB/s");
-    }
-}
-
 /// Parses a size or rate such as `500K`, `10M`, `1.5G`, `4096` (binary multiples; an optional
 /// trailing `B`, `iB` or `/s` is accepted).
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -81,8 +69,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 #[cfg(test)]
-mod parse_tests {
-    use super::parse_size;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(64 << 20), "64.0 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(duration(Duration::from_millis(12)), "12.0 ms");
+        assert_eq!(duration(Duration::from_millis(1250)), "1.25 s");
+        assert_eq!(rate(2 << 20, Duration::from_secs(2)), "1.0 MiB/s");
+    }
 
     #[test]
     fn sizes_parse() {

@@ -1,0 +1,444 @@
+//! What the shell prints: aligned tables and human-readable lines for people, one JSON line per
+//! `--json` command for scripts.
+//!
+//! The JSON shapes are typed structs, not ad-hoc `json!` literals, so a field cannot go missing
+//! or change type silently. Their fields are declared in alphabetical order on purpose: the
+//! output used to come from `serde_json::Value` objects (sorted maps), and scripts may compare the
+//! text, so the order is part of the format. The tests below pin the exact text.
+
+use super::HELP;
+use crate::human;
+use crate::pb::tracker::{FileSummary, FileVersion, PeerSummary};
+use crate::peer::download::DownloadReport;
+use crate::peer::store::SharedFile;
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+
+/// One entry of `myfiles --json`.
+#[derive(Serialize)]
+struct MyFileJson<'a> {
+    content_id: String,
+    name: &'a str,
+    size: u64,
+}
+
+/// One holder inside a `whohas --json` version.
+#[derive(Serialize)]
+struct HolderJson<'a> {
+    address: &'a str,
+    peer_id: &'a str,
+}
+
+/// One version of `whohas --json`.
+#[derive(Serialize)]
+struct VersionJson<'a> {
+    content_id: &'a str,
+    holders: Vec<HolderJson<'a>>,
+    name: &'a str,
+    size: u64,
+}
+
+/// One entry of `peers --json`.
+#[derive(Serialize)]
+struct PeerJson<'a> {
+    address: &'a str,
+    file_count: u32,
+    peer_id: &'a str,
+    total_bytes: u64,
+}
+
+/// One entry of `files --json`.
+#[derive(Serialize)]
+struct SwarmFileJson<'a> {
+    content_id: &'a str,
+    holder_count: u32,
+    name: &'a str,
+    size: u64,
+}
+
+/// Writes `value` as one compact JSON line.
+fn json_line(out: &mut dyn Write, value: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)
+}
+
+/// The first 12 characters of a hex content id from the tracker (all of it if shorter: the
+/// tracker is another process, and a short id must not panic the shell).
+fn short_id(content_id: &str) -> &str {
+    content_id.get(..12).unwrap_or(content_id)
+}
+
+/// Prints rows as an aligned table (first column left-aligned, the second right-aligned, the
+/// rest left-aligned).
+fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let pad = w - cell.chars().count();
+            if i == 1 {
+                // Sizes read best right-aligned.
+                text.push_str(&" ".repeat(pad));
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                if i + 1 < cells.len() {
+                    text.push_str(&" ".repeat(pad));
+                }
+            }
+            if i + 1 < cells.len() {
+                text.push_str("  ");
+            }
+        }
+        text
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+/// `help`: every command's usage and what it does.
+pub(super) fn help(out: &mut dyn Write) -> std::io::Result<()> {
+    for (_, usage, what) in HELP {
+        writeln!(out, "  {usage:<26} {what}")?;
+    }
+    Ok(())
+}
+
+/// `myfiles`: the files this peer shares (`files_dir` is named when there are none).
+pub(super) fn my_files(
+    out: &mut dyn Write,
+    files: &[SharedFile],
+    files_dir: &Path,
+    json: bool,
+) -> std::io::Result<()> {
+    if json {
+        let list: Vec<MyFileJson> = files
+            .iter()
+            .map(|f| MyFileJson {
+                content_id: f.content_id().to_hex(),
+                name: &f.name,
+                size: f.size,
+            })
+            .collect();
+        return json_line(out, &list);
+    }
+    if files.is_empty() {
+        return writeln!(
+            out,
+            "no files shared (put files in {})",
+            files_dir.display()
+        );
+    }
+    let rows: Vec<Vec<String>> = files
+        .iter()
+        .map(|f| vec![f.name.clone(), human::bytes(f.size), f.content_id().short()])
+        .collect();
+    table(out, &["NAME", "SIZE", "ID"], &rows)
+}
+
+/// `whohas`: each version of a file and its holders.
+pub(super) fn who_has(
+    out: &mut dyn Write,
+    versions: &[FileVersion],
+    json: bool,
+) -> std::io::Result<()> {
+    if json {
+        let list: Vec<VersionJson> = versions
+            .iter()
+            .map(|v| VersionJson {
+                content_id: &v.content_id,
+                holders: v
+                    .holders
+                    .iter()
+                    .map(|h| HolderJson {
+                        address: &h.address,
+                        peer_id: &h.peer_id,
+                    })
+                    .collect(),
+                name: &v.name,
+                size: v.size,
+            })
+            .collect();
+        return json_line(out, &list);
+    }
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            let holders: Vec<String> = v
+                .holders
+                .iter()
+                .map(|h| format!("{} ({})", h.peer_id, h.address))
+                .collect();
+            vec![
+                v.name.clone(),
+                human::bytes(v.size),
+                short_id(&v.content_id).to_string(),
+                v.holders.len().to_string(),
+                holders.join(", "),
+            ]
+        })
+        .collect();
+    table(out, &["NAME", "SIZE", "ID", "HOLDERS", "WHO"], &rows)
+}
+
+/// `peers`: the peers in the swarm.
+pub(super) fn peers(out: &mut dyn Write, peers: &[PeerSummary], json: bool) -> std::io::Result<()> {
+    if json {
+        let list: Vec<PeerJson> = peers
+            .iter()
+            .map(|p| PeerJson {
+                address: &p.address,
+                file_count: p.file_count,
+                peer_id: &p.peer_id,
+                total_bytes: p.total_bytes,
+            })
+            .collect();
+        return json_line(out, &list);
+    }
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.peer_id.clone(),
+                human::bytes(p.total_bytes),
+                p.file_count.to_string(),
+                p.address.clone(),
+            ]
+        })
+        .collect();
+    table(out, &["PEER", "SHARED", "FILES", "ADDRESS"], &rows)
+}
+
+/// `files`: every file the swarm offers, with holder counts.
+pub(super) fn swarm_files(
+    out: &mut dyn Write,
+    files: &[FileSummary],
+    json: bool,
+) -> std::io::Result<()> {
+    if json {
+        let list: Vec<SwarmFileJson> = files
+            .iter()
+            .map(|f| SwarmFileJson {
+                content_id: &f.content_id,
+                holder_count: f.holder_count,
+                name: &f.name,
+                size: f.size,
+            })
+            .collect();
+        return json_line(out, &list);
+    }
+    if files.is_empty() {
+        return writeln!(out, "the swarm offers no files");
+    }
+    let rows: Vec<Vec<String>> = files
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                human::bytes(f.size),
+                short_id(&f.content_id).to_string(),
+                f.holder_count.to_string(),
+            ]
+        })
+        .collect();
+    table(out, &["NAME", "SIZE", "ID", "HOLDERS"], &rows)
+}
+
+/// `get`: what a finished download did (or that there was nothing to do).
+pub(super) fn download(out: &mut dyn Write, report: &DownloadReport) -> std::io::Result<()> {
+    if let Some(note) = &report.note {
+        writeln!(out, "note: {note}")?;
+    }
+    if report.already_had {
+        return writeln!(
+            out,
+            "already have {} ({}, same content)",
+            report.name,
+            report.content_id.short()
+        );
+    }
+    if report.resumed > 0 {
+        writeln!(
+            out,
+            "resumed: {} kept from an earlier attempt, {} fetched now",
+            human::bytes(report.resumed),
+            human::bytes(report.fetched)
+        )?;
+    }
+    let used: Vec<String> = report
+        .holders
+        .iter()
+        .map(|h| match &h.dropped {
+            None => format!("{} {}", h.peer_id, human::bytes(h.bytes)),
+            Some(why) => format!("{} {} (dropped: {why})", h.peer_id, human::bytes(h.bytes)),
+        })
+        .collect();
+    writeln!(
+        out,
+        "got {} ({}, id {}) from {} holder(s) [{}] in {}, {:.1} MB/s",
+        report.name,
+        human::bytes(report.size),
+        report.content_id.short(),
+        report.holders.len(),
+        used.join(", "),
+        human::duration(report.elapsed),
+        report.mb_per_sec()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunking::Manifest;
+    use crate::pb::tracker::Holder;
+    use std::sync::Arc;
+
+    fn text(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> String {
+        let mut out = Vec::new();
+        write(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn tables_align() {
+        let out = text(|out| {
+            table(
+                out,
+                &["NAME", "SIZE", "ID"],
+                &[
+                    vec!["a".into(), "1.0 KiB".into(), "abc".into()],
+                    vec!["longer".into(), "12 B".into(), "def".into()],
+                ],
+            )
+        });
+        assert_eq!(
+            out,
+            "NAME       SIZE  ID\na       1.0 KiB  abc\nlonger     12 B  def\n"
+        );
+    }
+
+    // The exact `--json` text of each command for a fixed input: scripts parse (and may
+    // compare) it, so a field renamed, retyped or reordered must fail here.
+
+    #[test]
+    fn myfiles_json_is_pinned() {
+        let data = b"hello";
+        let manifest = Manifest::from_reader(&data[..], data.len() as u64).unwrap();
+        let file = SharedFile {
+            name: "a \"b\".txt".into(),
+            path: "/x/files/a".into(),
+            size: 5,
+            mtime_ns: 0,
+            manifest: Arc::new(manifest),
+        };
+        let out = text(|out| my_files(out, &[file], Path::new("/x/files"), true));
+        assert_eq!(
+            out,
+            format!(
+                "[{{\"content_id\":\"{}\",\"name\":\"a \\\"b\\\".txt\",\"size\":5}}]\n",
+                blake3::hash(data).to_hex()
+            )
+        );
+        let empty = text(|out| my_files(out, &[], Path::new("/x/files"), true));
+        assert_eq!(empty, "[]\n");
+    }
+
+    #[test]
+    fn whohas_json_is_pinned() {
+        let versions = vec![
+            FileVersion {
+                name: "v.mp4".into(),
+                size: 1 << 20,
+                content_id: "ab".repeat(32),
+                holders: vec![
+                    Holder {
+                        peer_id: "A".into(),
+                        address: "10.0.0.1:5000".into(),
+                    },
+                    Holder {
+                        peer_id: "B".into(),
+                        address: "[::1]:6000".into(),
+                    },
+                ],
+            },
+            FileVersion {
+                name: "v.mp4".into(),
+                size: 0,
+                content_id: "cd".repeat(32),
+                holders: vec![],
+            },
+        ];
+        let out = text(|out| who_has(out, &versions, true));
+        let ab = "ab".repeat(32);
+        let cd = "cd".repeat(32);
+        assert_eq!(
+            out,
+            format!(
+                "[{{\"content_id\":\"{ab}\",\"holders\":[{{\"address\":\"10.0.0.1:5000\",\"peer_id\":\"A\"}},\
+                 {{\"address\":\"[::1]:6000\",\"peer_id\":\"B\"}}],\"name\":\"v.mp4\",\"size\":1048576}},\
+                 {{\"content_id\":\"{cd}\",\"holders\":[],\"name\":\"v.mp4\",\"size\":0}}]\n"
+            )
+        );
+    }
+
+    #[test]
+    fn peers_json_is_pinned() {
+        let peers_list = vec![PeerSummary {
+            peer_id: "A".into(),
+            address: "127.0.0.1:5000".into(),
+            file_count: 2,
+            total_bytes: u64::MAX,
+        }];
+        let out = text(|out| peers(out, &peers_list, true));
+        assert_eq!(
+            out,
+            "[{\"address\":\"127.0.0.1:5000\",\"file_count\":2,\"peer_id\":\"A\",\
+             \"total_bytes\":18446744073709551615}]\n"
+        );
+    }
+
+    #[test]
+    fn files_json_is_pinned() {
+        let files = vec![FileSummary {
+            name: "é.bin".into(),
+            size: 4096,
+            content_id: "0f".repeat(32),
+            holder_count: 3,
+        }];
+        let out = text(|out| swarm_files(out, &files, true));
+        assert_eq!(
+            out,
+            format!(
+                "[{{\"content_id\":\"{}\",\"holder_count\":3,\"name\":\"é.bin\",\"size\":4096}}]\n",
+                "0f".repeat(32)
+            )
+        );
+    }
+
+    #[test]
+    fn tables_show_short_ids_and_human_sizes() {
+        let files = vec![FileSummary {
+            name: "a".into(),
+            size: 1536,
+            content_id: "0123456789abcdef".into(),
+            holder_count: 1,
+        }];
+        assert_eq!(
+            text(|out| swarm_files(out, &files, false)),
+            "NAME     SIZE  ID            HOLDERS\na     1.5 KiB  0123456789ab  1\n"
+        );
+        assert_eq!(
+            text(|out| swarm_files(out, &[], false)),
+            "the swarm offers no files\n"
+        );
+    }
+}
