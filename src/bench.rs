@@ -1,6 +1,5 @@
 //! Measurements: `bench` (sequential downloads, logged to `download_times.csv`) and `stress`
 //! (parallel downloads, every copy checked) for the peer shell.
-pub mod swarm;
 
 use crate::chunking::{ContentId, Manifest};
 use crate::console::{ProgressDisplay, ProgressMode};

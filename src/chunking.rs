@@ -91,6 +91,15 @@ impl ContentId {
     pub fn short(&self) -> String {
         self.to_hex()[..12].to_string()
     }
+
+    /// Content id of a file on disk, read through once (blocking). Streams the file through
+    /// BLAKE3 in small buffers, so memory stays flat whatever the file's size; the id equals
+    /// [`ContentId::of`] over the same bytes (and what `b3sum` prints).
+    pub fn of_file(path: &std::path::Path) -> std::io::Result<Self> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(path)?)?;
+        Ok(ContentId(*hasher.finalize().as_bytes()))
+    }
 }
 
 impl fmt::Display for ContentId {

@@ -4,11 +4,12 @@
 
 use anyhow::{ensure, Context};
 use clap::Parser;
-use p2pshare::bench::swarm::{content_id_of, write_random};
 use p2pshare::chunking::ContentId;
 use p2pshare::peer::shell::{execute, parse};
 use p2pshare::peer::{PeerConfig, PeerNode};
-use std::path::PathBuf;
+use rand::TryRngCore;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -66,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let original = root.join("original.bin");
     std::fs::create_dir_all(&root)?;
     write_random(&original, args.size)?;
-    let original_id = content_id_of(&original)?;
+    let original_id = ContentId::of_file(&original)?;
 
     let mut seeders = Vec::new();
     for i in 0..args.seeders {
@@ -105,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let got = root.join("D/files").join(name);
-    let got_id = content_id_of(&got).with_context(|| format!("{} missing", got.display()))?;
+    let got_id = ContentId::of_file(&got).with_context(|| format!("{} missing", got.display()))?;
     ensure!(
         got_id == original_id,
         "downloaded file differs from the original"
@@ -123,6 +124,13 @@ async fn main() -> anyhow::Result<()> {
     stop_tracker.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker).await;
     Ok(())
+}
+
+/// Fills a new file at `path` with `size` random bytes.
+fn write_random(path: &Path, size: u64) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    std::io::copy(&mut rand::rng().read_adapter().take(size), &mut out)?;
+    out.flush()
 }
 
 async fn start_peer(

@@ -1,0 +1,190 @@
+//! The tracker scenario's load generator (run in a child process): registers many synthetic
+//! peers, then asks `WhoHas` for random names from several connections with several calls in
+//! flight on each, and reports request rates and latency percentiles.
+
+use crate::child::{LoadReport, TrackerLoadReport};
+use crate::memory::{peak_rss, reset_peak_rss};
+use crate::report::percentile;
+use p2pshare::chunking::ContentId;
+use p2pshare::pb::tracker as tpb;
+use p2pshare::pb::tracker::tracker_client::TrackerClient;
+use rand::RngCore;
+use std::time::{Duration, Instant};
+
+/// The synthetic catalog: peer `p` holds `files` names, `f{(p + k * peers / files) % peers}`,
+/// so each of the `peers` names has `files` holders.
+fn synthetic_files(peer: u32, peers: u32, files: u32) -> Vec<tpb::FileEntry> {
+    let stride = (peers / files.max(1)).max(1);
+    (0..files)
+        .map(|k| {
+            let name = synthetic_name((peer + k * stride) % peers);
+            tpb::FileEntry {
+                content_id: ContentId::of(name.as_bytes()).to_hex(),
+                size: 1 << 20,
+                name,
+            }
+        })
+        .collect()
+}
+
+fn synthetic_name(index: u32) -> String {
+    format!("f{index:07}.bin")
+}
+
+/// Registers the synthetic peers (if `register`), then measures `WhoHas` once per `in_flight`
+/// value; run in a child process.
+pub(crate) async fn tracker_load(
+    tracker: &str,
+    register: bool,
+    peers: u32,
+    files_per_peer: u32,
+    connections: u32,
+    in_flight: &[u32],
+    seconds: u32,
+) -> Result<TrackerLoadReport, String> {
+    let channels = (0..connections.max(1))
+        .map(|_| p2pshare::grpc::channel(tracker).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    reset_peak_rss();
+    let mut report = TrackerLoadReport {
+        register_seconds: 0.0,
+        register_errors: 0,
+        loads: vec![],
+        peak_rss: None,
+    };
+    if register {
+        // Four registrations in flight per connection.
+        let started = Instant::now();
+        let lanes = channels.len() as u32 * 4;
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in 0..lanes {
+            let mut client = TrackerClient::new(channels[(lane as usize) % channels.len()].clone());
+            tasks.spawn(async move {
+                let mut errors = 0u64;
+                let mut p = lane;
+                while p < peers {
+                    let request = tpb::RegisterRequest {
+                        peer_id: format!("p{p:07}"),
+                        port: 1024 + p % 60_000,
+                        advertise_host: String::new(),
+                        files: synthetic_files(p, peers, files_per_peer),
+                        session_token: String::new(),
+                    };
+                    let call =
+                        tokio::time::timeout(Duration::from_secs(10), client.register(request));
+                    if !matches!(call.await, Ok(Ok(_))) {
+                        errors += 1;
+                    }
+                    p += lanes;
+                }
+                errors
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            report.register_errors += joined.unwrap_or(1);
+        }
+        report.register_seconds = started.elapsed().as_secs_f64();
+    }
+    for &depth in in_flight {
+        report
+            .loads
+            .push(who_has_load(&channels, peers, depth, seconds).await);
+    }
+    report.peak_rss = peak_rss();
+    Ok(report)
+}
+
+/// `WhoHas` of random synthetic names from every connection, `depth` calls in flight on each,
+/// for `seconds`.
+async fn who_has_load(
+    channels: &[tonic::transport::Channel],
+    names: u32,
+    depth: u32,
+    seconds: u32,
+) -> LoadReport {
+    // Warm up: every connection established and used once before the clock starts.
+    for channel in channels {
+        let mut client = TrackerClient::new(channel.clone());
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.who_has(tpb::WhoHasRequest {
+                name: synthetic_name(0),
+                content_id_prefix: String::new(),
+            }),
+        )
+        .await;
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds.into());
+    let mut tasks = tokio::task::JoinSet::new();
+    for channel in channels {
+        for _ in 0..depth.max(1) {
+            let mut client = TrackerClient::new(channel.clone());
+            let mut seed = rand::rng().next_u64() | 1;
+            tasks.spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    // xorshift: cheap and good enough to spread the names.
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let request = tpb::WhoHasRequest {
+                        name: synthetic_name((seed % names.max(1) as u64) as u32),
+                        content_id_prefix: String::new(),
+                    };
+                    let t = Instant::now();
+                    let answer =
+                        tokio::time::timeout(Duration::from_secs(5), client.who_has(request)).await;
+                    match answer {
+                        Ok(Ok(_)) => latencies.push(t.elapsed().as_secs_f64()),
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            });
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((l, e)) => {
+                latencies.extend(l);
+                errors += e;
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    LoadReport {
+        in_flight: depth,
+        requests: latencies.len() as u64,
+        errors,
+        seconds,
+        p50: percentile(&latencies, 0.50).unwrap_or(f64::NAN),
+        p99: percentile(&latencies, 0.99).unwrap_or(f64::NAN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn synthetic_names_have_files_per_peer_holders() {
+        let (peers, files) = (100, 10);
+        let mut holders = BTreeMap::<String, u32>::new();
+        for p in 0..peers {
+            let entries = synthetic_files(p, peers, files);
+            assert_eq!(entries.len(), files as usize);
+            for e in entries {
+                *holders.entry(e.name).or_default() += 1;
+            }
+        }
+        assert_eq!(holders.len(), peers as usize);
+        assert!(holders.values().all(|&n| n == files));
+    }
+}
