@@ -2,7 +2,8 @@
 //!
 //! Fast path: the kernel reports each change to `files/` (inotify, through `notify`). A file
 //! closed after writing, renamed in or out, removed, or linked in wakes the loop; after a short
-//! quiet period the store rescans and the new files are announced, the vanished ones withdrawn.
+//! delay that gathers a burst of events, the store rescans and the new files are announced, the
+//! vanished ones withdrawn.
 //! Files with writes not yet closed are left out of those rescans, so a file is never announced
 //! half-written.
 //!
