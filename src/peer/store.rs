@@ -8,9 +8,11 @@
 //! download_times.csv         rows appended by `bench`
 //! ```
 
-use crate::chunking::{ContentId, Geometry, Manifest};
+mod cache;
+
+use crate::chunking::{ContentId, Manifest};
 use crate::names::validate_file_name;
-use serde::{Deserialize, Serialize};
+use cache::HashCache;
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
@@ -78,59 +80,14 @@ pub struct ScanChanges {
     pub hashed_bytes: u64,
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct HashCache {
-    entries: BTreeMap<String, CacheEntry>,
-}
-
-#[derive(Serialize, Deserialize, Clone)]
-struct CacheEntry {
-    size: u64,
-    mtime_ns: u128,
-    content_id: String,
-    piece_size: u64,
-    /// Piece hashes, hex, concatenated.
-    pieces: String,
-}
-
-impl CacheEntry {
-    fn of(file: &SharedFile) -> Self {
-        CacheEntry {
-            size: file.size,
-            mtime_ns: file.mtime_ns,
-            content_id: file.content_id().to_hex(),
-            piece_size: file.manifest.geometry().piece_size() as u64,
-            pieces: hex::encode(file.manifest.piece_hashes().concat()),
-        }
-    }
-
-    /// The manifest, re-verified (a corrupt cache costs a rehash, never a wrong answer).
-    fn manifest(&self) -> Option<Manifest> {
-        let geometry = Geometry::new(self.size, self.piece_size).ok()?;
-        let bytes = hex::decode(&self.pieces).ok()?;
-        let hashes = bytes.chunks(32).map(<[u8]>::to_vec).collect();
-        Manifest::from_parts(self.content_id.parse().ok()?, geometry, hashes).ok()
-    }
-}
-
 /// The peer's directory.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
     files_dir: PathBuf,
     partial_dir: PathBuf,
-    cache_path: PathBuf,
     shared: Mutex<BTreeMap<String, SharedFile>>,
-    /// The hash cache in memory (loaded on first use) and whether it differs from disk. Saved
-    /// by [`Store::flush_cache`] (each rescan, shutdown), not per download: rewriting the whole
-    /// JSON on every small file made per-file costs grow with the folder.
-    cache: Mutex<(Option<HashCache>, bool)>,
-}
-
-impl std::fmt::Debug for HashCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HashCache({} entries)", self.entries.len())
-    }
+    cache: HashCache,
 }
 
 fn mtime_ns(meta: &fs::Metadata) -> u128 {
@@ -162,10 +119,9 @@ impl Store {
             Store {
                 root: root.to_path_buf(),
                 files_dir,
+                cache: HashCache::new(state_dir.join("hash-cache.json"), partial_dir.clone()),
                 partial_dir,
-                cache_path: state_dir.join("hash-cache.json"),
                 shared: Mutex::new(BTreeMap::new()),
-                cache: Mutex::new((None, false)),
             },
             created,
         ))
@@ -263,15 +219,7 @@ impl Store {
             {
                 continue;
             }
-            let cached = self.with_cache(|cache| {
-                cache
-                    .entries
-                    .get(&name)
-                    .filter(|c| c.size == size && c.mtime_ns == mtime)
-                    .cloned()
-            });
-            let cached = cached.as_ref().and_then(CacheEntry::manifest);
-            let manifest = match cached {
+            let manifest = match self.cache.lookup(&name, size, mtime) {
                 Some(m) => m,
                 None => match hash_file(&path, size, mtime, stop) {
                     Ok(m) => {
@@ -294,7 +242,7 @@ impl Store {
                 mtime_ns: mtime,
                 manifest: Arc::new(manifest),
             };
-            self.remember(&file);
+            self.cache.remember(&file);
             self.lock().insert(name, file.clone());
             changes.added.push(file);
         }
@@ -311,10 +259,9 @@ impl Store {
             }
         }
         if !changes.removed.is_empty() {
-            self.with_cache(|cache| cache.entries.retain(|name, _| seen.contains(name)));
-            self.cache_lock().1 = true;
+            self.cache.retain(|name| seen.contains(name));
         }
-        self.flush_cache();
+        self.cache.flush();
         Ok(changes)
     }
 
@@ -343,55 +290,9 @@ impl Store {
         meta.is_file().then_some(meta)
     }
 
-    fn cache_lock(&self) -> std::sync::MutexGuard<'_, (Option<HashCache>, bool)> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn with_cache<T>(&self, f: impl FnOnce(&mut HashCache) -> T) -> T {
-        let mut guard = self.cache_lock();
-        let cache = guard.0.get_or_insert_with(|| self.load_cache());
-        f(cache)
-    }
-
-    /// Records a file's manifest in the cache (saved at the next flush).
-    fn remember(&self, file: &SharedFile) {
-        self.with_cache(|cache| {
-            cache
-                .entries
-                .insert(file.name.clone(), CacheEntry::of(file))
-        });
-        self.cache_lock().1 = true;
-    }
-
     /// Saves the hash cache if it changed since the last save.
     pub fn flush_cache(&self) {
-        let mut guard = self.cache_lock();
-        if let (Some(cache), true) = (&guard.0, guard.1) {
-            self.save_cache(cache);
-            guard.1 = false;
-        }
-    }
-
-    fn load_cache(&self) -> HashCache {
-        fs::read(&self.cache_path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
-    }
-
-    fn save_cache(&self, cache: &HashCache) {
-        let result = (|| -> io::Result<()> {
-            let tmp = tempfile::NamedTempFile::new_in(&self.partial_dir)?;
-            let mut writer = io::BufWriter::with_capacity(1 << 16, tmp);
-            serde_json::to_writer(&mut writer, cache)?;
-            let tmp = writer.into_inner().map_err(|e| e.into_error())?;
-            tmp.persist(&self.cache_path).map_err(|e| e.error)?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            // Only a cost: the next start rehashes.
-            tracing::warn!(error = %e, "could not save the hash cache");
-        }
+        self.cache.flush();
     }
 
     /// Moves a complete, verified, fsynced download from `partial` into `files/<name>` without
@@ -441,7 +342,7 @@ impl Store {
         };
         shared.insert(name.to_string(), file.clone());
         drop(shared);
-        self.remember(&file);
+        self.cache.remember(&file);
         Ok(file)
     }
 }
