@@ -8,6 +8,7 @@ pub mod server;
 pub mod shell;
 pub mod store;
 pub mod tracker_link;
+mod watch;
 
 use crate::grpc::{ClientSecurity, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa};
 use crate::pb::tracker::FileEntry;
@@ -193,7 +194,7 @@ impl PeerNode {
             .map(|s| s.advertised_address)
             .map_err(|e| e.to_string());
         let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
-        let watcher = tokio::spawn(node.clone().watch_loop());
+        let watcher = watch::spawn(node.clone());
         node.tasks_lock().extend([heartbeat, watcher]);
         let info = StartInfo {
             created_folder,
@@ -286,36 +287,6 @@ impl PeerNode {
                         tracing::warn!("{e}; still serving, retrying");
                     }
                     tracker_down = true;
-                }
-            }
-        }
-    }
-
-    async fn watch_loop(self: Arc<Self>) {
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.config.rescan_interval) => {}
-            }
-            let store = self.store.clone();
-            let changes = match tokio::task::spawn_blocking(move || store.rescan()).await {
-                Ok(Ok(changes)) => changes,
-                Ok(Err(e)) => {
-                    tracing::warn!("rescan failed: {e}");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            for file in &changes.added {
-                tracing::info!(file = %file.name, "now sharing");
-                if let Err(e) = self.announce(file).await {
-                    tracing::debug!("announce of {} deferred: {e}", file.name);
-                }
-            }
-            for name in &changes.removed {
-                tracing::info!(file = %name, "no longer shared");
-                if let Err(e) = self.tracker.withdraw(name).await {
-                    tracing::debug!("withdraw of {name} deferred: {e}");
                 }
             }
         }

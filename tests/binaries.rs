@@ -286,6 +286,9 @@ fn words(line: &str) -> Vec<&str> {
 
 #[test]
 fn shell_downloads_from_two_seeders_through_the_real_binaries() {
+    if !common::require(common::program("kill", "stops a seeder with SIGTERM")) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("swarm");
     let logs = tmp.path().join("logs");

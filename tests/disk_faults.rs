@@ -3,6 +3,7 @@
 //!
 //! These tests need root (CI runs as root): a read-only folder is made with `chattr +i` (root
 //! ignores permission bits, not the immutable flag) and a full disk with a small tmpfs mount.
+//! Without root they skip, saying so (on CI they fail: see `common::require`).
 
 mod common;
 
@@ -85,6 +86,11 @@ async fn still_serves(peer: &TestPeer, name: &str, size: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_only_files_folder_fails_the_get_clearly_and_changes_nothing() {
+    if !common::require(common::immutable_dirs(
+        "makes files/ read-only with chattr +i",
+    )) {
+        return;
+    }
     let tracker = TestTracker::start(Duration::from_secs(10)).await;
     let data = content(3 << 20, 11);
     let _seed = TestPeer::start("seed", tracker.addr, &[("f", &data)]).await;
@@ -106,6 +112,9 @@ async fn a_read_only_files_folder_fails_the_get_clearly_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_fails_the_get_clearly_and_the_peer_goes_on() {
+    if !common::require(common::tmpfs_mounts("mounts a small tmpfs as a full disk")) {
+        return;
+    }
     let tracker = TestTracker::start(Duration::from_secs(10)).await;
     let data = content(8 << 20, 12);
     let _seed = TestPeer::start("seed", tracker.addr, &[("big", &data)]).await;

@@ -40,6 +40,43 @@ where
     false
 }
 
+/// Checks `check` every 50 ms for `limit`; returns whether it held every time.
+async fn always<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !check().await {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check().await
+}
+
+/// The content ids the tracker lists for `name`.
+async fn versions(tracker: &TestTracker, name: &str) -> Vec<String> {
+    match tracker
+        .client()
+        .who_has(tpb::WhoHasRequest {
+            name: name.into(),
+            content_id_prefix: String::new(),
+        })
+        .await
+    {
+        Ok(r) => r
+            .into_inner()
+            .versions
+            .into_iter()
+            .map(|v| v.content_id)
+            .collect(),
+        Err(s) if s.code() == tonic::Code::NotFound => vec![],
+        Err(s) => panic!("WhoHas failed: {s}"),
+    }
+}
+
 async fn holders(tracker: &TestTracker, name: &str) -> Vec<String> {
     match tracker
         .client()
@@ -280,14 +317,25 @@ async fn when_only_liars_hold_a_file_get_fails_and_files_is_unchanged() {
 async fn a_file_changed_after_sharing_is_caught_as_a_lie() {
     let tracker = TestTracker::start(Duration::from_secs(10)).await;
     let data = content(2 * MIB, 3);
-    // The changed holder does not rescan during the test, so it keeps offering the old id.
     let changed = TestPeer::start_with("changed", tracker.addr, &[("f", &data)], |c| {
         c.rescan_interval = Duration::from_secs(3600)
     })
     .await;
+    // Change one byte behind the holder's back: same size and mtime (what its rescans compare),
+    // swapped in by one rename, so it keeps offering the old id whenever it looks.
+    let shared = changed.files_dir().join("f");
+    let mtime = std::fs::metadata(&shared).unwrap().modified().unwrap();
     let mut tampered = data.clone();
     tampered[MIB + 7] ^= 1;
-    std::fs::write(changed.files_dir().join("f"), &tampered).unwrap();
+    let staging = changed.dir.join("f.tampered");
+    std::fs::write(&staging, &tampered).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&staging)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::rename(&staging, &shared).unwrap();
     let _honest = TestPeer::start("honest", tracker.addr, &[("f", &data)]).await;
     let me = TestPeer::start("me", tracker.addr, &[]).await;
 
@@ -429,11 +477,18 @@ async fn a_killed_peer_leaves_whohas_within_a_few_heartbeats() {
     let tracker = TestTracker::start(Duration::from_secs(1)).await;
     let (_t, dir) = seeded_dir("ghost", &[("f", b"boo")]);
     let mut ghost = IsolatedPeer::start("ghost", tracker.addr, dir, None).await;
+    let registered = Instant::now();
     let _alive = TestPeer::start("alive", tracker.addr, &[("f", b"boo")]).await;
-    assert_eq!(holders(&tracker, "f").await, ["alive", "ghost"]);
-    // Heartbeats keep both listed well past the expiry (3 intervals).
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(holders(&tracker, "f").await, ["alive", "ghost"]);
+    // Heartbeats keep both listed, without a gap, well past the expiry (3 intervals).
+    let past_expiry = Duration::from_millis(3500).saturating_sub(registered.elapsed());
+    assert!(
+        always(past_expiry, || async {
+            holders(&tracker, "f").await == ["alive", "ghost"]
+        })
+        .await,
+        "{:?}",
+        holders(&tracker, "f").await
+    );
 
     ghost.kill();
     let killed = Instant::now();
@@ -492,24 +547,69 @@ async fn a_restarted_tracker_is_repopulated_and_its_absence_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_added_or_removed_while_running_are_announced_and_withdrawn() {
+    /// How soon a complete file must be announced, or a removed one withdrawn.
+    const PROMPTLY: Duration = Duration::from_secs(1);
     let tracker = TestTracker::start(Duration::from_secs(10)).await;
+    // The periodic rescan is a minute away: only the folder watcher can meet the deadlines.
     let peer = TestPeer::start_with("p", tracker.addr, &[], |c| {
-        c.rescan_interval = Duration::from_millis(100)
+        c.rescan_interval = Duration::from_secs(60)
     })
     .await;
-    std::fs::write(peer.files_dir().join("late"), b"arrived").unwrap();
+    let files = peer.files_dir();
+
+    // Written and closed.
+    std::fs::write(files.join("late"), b"arrived").unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(PROMPTLY, || async {
             holders(&tracker, "late").await == ["p"]
         })
-        .await
+        .await,
+        "a closed file was not announced within {PROMPTLY:?}"
     );
-    std::fs::remove_file(peer.files_dir().join("late")).unwrap();
+
+    // A file being written and not closed yet...
+    let whole = content(3 * MIB + 17, 9);
+    let mut growing = std::fs::File::create(files.join("growing")).unwrap();
+    std::io::Write::write_all(&mut growing, &whole[..MIB]).unwrap();
+
+    // ...while another is written elsewhere, then renamed into place.
+    let staging = peer.dir.join("staging");
+    std::fs::write(&staging, b"moved in").unwrap();
+    std::fs::rename(&staging, files.join("moved")).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(PROMPTLY, || async {
+            holders(&tracker, "moved").await == ["p"]
+        })
+        .await,
+        "a file renamed into files/ was not announced within {PROMPTLY:?}"
+    );
+
+    // The rescan that announced it came after the open file's writes (events arrive in order)
+    // and has finished: the open file was left out.
+    assert!(
+        versions(&tracker, "growing").await.is_empty(),
+        "a file still being written was announced"
+    );
+    // Closed: announced whole.
+    std::io::Write::write_all(&mut growing, &whole[MIB..]).unwrap();
+    drop(growing);
+    let whole_id = ContentId::of(&whole).to_hex();
+    assert!(
+        eventually(PROMPTLY, || async {
+            versions(&tracker, "growing").await == [whole_id.clone()]
+        })
+        .await,
+        "the finished file was not announced within {PROMPTLY:?}: {:?}",
+        versions(&tracker, "growing").await
+    );
+
+    std::fs::remove_file(files.join("late")).unwrap();
+    assert!(
+        eventually(PROMPTLY, || async {
             holders(&tracker, "late").await.is_empty()
         })
-        .await
+        .await,
+        "a removed file was not withdrawn within {PROMPTLY:?}"
     );
 }
 

@@ -8,15 +8,18 @@
 //! download_times.csv         rows appended by `bench`
 //! ```
 
-use crate::chunking::{ContentId, Geometry, Manifest};
+mod cache;
+
+use crate::chunking::{ContentId, Manifest};
 use crate::names::validate_file_name;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use cache::HashCache;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -77,59 +80,14 @@ pub struct ScanChanges {
     pub hashed_bytes: u64,
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct HashCache {
-    entries: BTreeMap<String, CacheEntry>,
-}
-
-#[derive(Serialize, Deserialize, Clone)]
-struct CacheEntry {
-    size: u64,
-    mtime_ns: u128,
-    content_id: String,
-    piece_size: u64,
-    /// Piece hashes, hex, concatenated.
-    pieces: String,
-}
-
-impl CacheEntry {
-    fn of(file: &SharedFile) -> Self {
-        CacheEntry {
-            size: file.size,
-            mtime_ns: file.mtime_ns,
-            content_id: file.content_id().to_hex(),
-            piece_size: file.manifest.geometry().piece_size() as u64,
-            pieces: hex::encode(file.manifest.piece_hashes().concat()),
-        }
-    }
-
-    /// The manifest, re-verified (a corrupt cache costs a rehash, never a wrong answer).
-    fn manifest(&self) -> Option<Manifest> {
-        let geometry = Geometry::new(self.size, self.piece_size).ok()?;
-        let bytes = hex::decode(&self.pieces).ok()?;
-        let hashes = bytes.chunks(32).map(<[u8]>::to_vec).collect();
-        Manifest::from_parts(self.content_id.parse().ok()?, geometry, hashes).ok()
-    }
-}
-
 /// The peer's directory.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
     files_dir: PathBuf,
     partial_dir: PathBuf,
-    cache_path: PathBuf,
     shared: Mutex<BTreeMap<String, SharedFile>>,
-    /// The hash cache in memory (loaded on first use) and whether it differs from disk. Saved
-    /// by [`Store::flush_cache`] (each rescan, shutdown), not per download: rewriting the whole
-    /// JSON on every small file made per-file costs grow with the folder.
-    cache: Mutex<(Option<HashCache>, bool)>,
-}
-
-impl std::fmt::Debug for HashCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HashCache({} entries)", self.entries.len())
-    }
+    cache: HashCache,
 }
 
 fn mtime_ns(meta: &fs::Metadata) -> u128 {
@@ -161,10 +119,9 @@ impl Store {
             Store {
                 root: root.to_path_buf(),
                 files_dir,
+                cache: HashCache::new(state_dir.join("hash-cache.json"), partial_dir.clone()),
                 partial_dir,
-                cache_path: state_dir.join("hash-cache.json"),
                 shared: Mutex::new(BTreeMap::new()),
-                cache: Mutex::new((None, false)),
             },
             created,
         ))
@@ -210,14 +167,30 @@ impl Store {
     /// Brings the shared set in line with `files/`: hashes new or changed files (or takes their
     /// manifest from the cache when name, size and mtime match), drops vanished ones. Blocking.
     pub fn rescan(&self) -> Result<ScanChanges, StoreError> {
+        self.rescan_except(|_| false, &CancellationToken::new())
+    }
+
+    /// [`Store::rescan`], leaving the files for which `unsettled` holds as they are, shared or
+    /// not: they are still being written, and hashing them now could share a half-written file.
+    /// Once `stop` is cancelled it returns what it has done so far (and removes nothing), so a
+    /// rescan hashing a large file does not hold up the node's shutdown.
+    pub(crate) fn rescan_except(
+        &self,
+        unsettled: impl Fn(&str) -> bool,
+        stop: &CancellationToken,
+    ) -> Result<ScanChanges, StoreError> {
         let mut changes = ScanChanges::default();
         let entries = fs::read_dir(&self.files_dir).map_err(|source| StoreError::Folder {
             path: self.files_dir.clone(),
             source,
         })?;
         let files_dir_real = fs::canonicalize(&self.files_dir).unwrap_or(self.files_dir.clone());
-        let mut seen = Vec::new();
+        // A set, not a list: the removal pass below asks it once per shared file.
+        let mut seen = HashSet::new();
         for entry in entries.flatten() {
+            if stop.is_cancelled() {
+                return Ok(changes);
+            }
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 changes
                     .skipped
@@ -228,38 +201,36 @@ impl Store {
                 changes.skipped.push(format!("{name:?}: {e}"));
                 continue;
             }
+            if unsettled(&name) {
+                seen.insert(name);
+                continue;
+            }
             let path = entry.path();
             let Some(meta) = self.shareable_metadata(&path, &files_dir_real, &name, &mut changes)
             else {
                 continue;
             };
-            seen.push(name.clone());
+            seen.insert(name.clone());
             let (size, mtime) = (meta.len(), mtime_ns(&meta));
             if self
+                .lock()
                 .get(&name)
                 .is_some_and(|f| f.size == size && f.mtime_ns == mtime)
             {
                 continue;
             }
-            let cached = self.with_cache(|cache| {
-                cache
-                    .entries
-                    .get(&name)
-                    .filter(|c| c.size == size && c.mtime_ns == mtime)
-                    .cloned()
-            });
-            let cached = cached.as_ref().and_then(CacheEntry::manifest);
-            let manifest = match cached {
+            let manifest = match self.cache.lookup(&name, size, mtime) {
                 Some(m) => m,
-                None => match hash_file(&path, size, mtime) {
+                None => match hash_file(&path, size, mtime, stop) {
                     Ok(m) => {
                         changes.hashed_bytes += size;
                         m
                     }
+                    Err(_) if stop.is_cancelled() => return Ok(changes),
                     Err(e) => {
                         // Changing under us or unreadable: try again at the next scan.
                         changes.skipped.push(format!("{name:?}: {e}"));
-                        seen.pop();
+                        seen.remove(&name);
                         continue;
                     }
                 },
@@ -271,7 +242,7 @@ impl Store {
                 mtime_ns: mtime,
                 manifest: Arc::new(manifest),
             };
-            self.remember(&file);
+            self.cache.remember(&file);
             self.lock().insert(name, file.clone());
             changes.added.push(file);
         }
@@ -279,7 +250,7 @@ impl Store {
             let mut shared = self.lock();
             let gone: Vec<String> = shared
                 .keys()
-                .filter(|n| !seen.contains(n))
+                .filter(|n| !seen.contains(*n))
                 .cloned()
                 .collect();
             for name in gone {
@@ -288,10 +259,9 @@ impl Store {
             }
         }
         if !changes.removed.is_empty() {
-            self.with_cache(|cache| cache.entries.retain(|name, _| seen.contains(name)));
-            self.cache_lock().1 = true;
+            self.cache.retain(|name| seen.contains(name));
         }
-        self.flush_cache();
+        self.cache.flush();
         Ok(changes)
     }
 
@@ -320,55 +290,9 @@ impl Store {
         meta.is_file().then_some(meta)
     }
 
-    fn cache_lock(&self) -> std::sync::MutexGuard<'_, (Option<HashCache>, bool)> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn with_cache<T>(&self, f: impl FnOnce(&mut HashCache) -> T) -> T {
-        let mut guard = self.cache_lock();
-        let cache = guard.0.get_or_insert_with(|| self.load_cache());
-        f(cache)
-    }
-
-    /// Records a file's manifest in the cache (saved at the next flush).
-    fn remember(&self, file: &SharedFile) {
-        self.with_cache(|cache| {
-            cache
-                .entries
-                .insert(file.name.clone(), CacheEntry::of(file))
-        });
-        self.cache_lock().1 = true;
-    }
-
     /// Saves the hash cache if it changed since the last save.
     pub fn flush_cache(&self) {
-        let mut guard = self.cache_lock();
-        if let (Some(cache), true) = (&guard.0, guard.1) {
-            self.save_cache(cache);
-            guard.1 = false;
-        }
-    }
-
-    fn load_cache(&self) -> HashCache {
-        fs::read(&self.cache_path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
-    }
-
-    fn save_cache(&self, cache: &HashCache) {
-        let result = (|| -> io::Result<()> {
-            let tmp = tempfile::NamedTempFile::new_in(&self.partial_dir)?;
-            let mut writer = io::BufWriter::with_capacity(1 << 16, tmp);
-            serde_json::to_writer(&mut writer, cache)?;
-            let tmp = writer.into_inner().map_err(|e| e.into_error())?;
-            tmp.persist(&self.cache_path).map_err(|e| e.error)?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            // Only a cost: the next start rehashes.
-            tracing::warn!(error = %e, "could not save the hash cache");
-        }
+        self.cache.flush();
     }
 
     /// Moves a complete, verified, fsynced download from `partial` into `files/<name>` without
@@ -391,8 +315,13 @@ impl Store {
                     .get(name)
                     .is_some_and(|f| f.content_id() == manifest.content_id())
                     || fs::metadata(&dest).is_ok_and(|m| m.len() == manifest.geometry().size())
-                        && hash_file(&dest, manifest.geometry().size(), 0)
-                            .is_ok_and(|m| m.content_id() == manifest.content_id());
+                        && hash_file(
+                            &dest,
+                            manifest.geometry().size(),
+                            0,
+                            &CancellationToken::new(),
+                        )
+                        .is_ok_and(|m| m.content_id() == manifest.content_id());
                 if !same {
                     return Err(StoreError::NameTaken(name.to_string()));
                 }
@@ -413,15 +342,23 @@ impl Store {
         };
         shared.insert(name.to_string(), file.clone());
         drop(shared);
-        self.remember(&file);
+        self.cache.remember(&file);
         Ok(file)
     }
 }
 
-/// Hashes a file into a manifest, failing if it changes (size or mtime) while being read.
-/// `expected_mtime` 0 skips the mtime check.
-fn hash_file(path: &Path, size: u64, expected_mtime: u128) -> io::Result<Manifest> {
-    let file = fs::File::open(path)?;
+/// Hashes a file into a manifest, failing if it changes (size or mtime) while being read, or
+/// once `stop` is cancelled. `expected_mtime` 0 skips the mtime check.
+fn hash_file(
+    path: &Path,
+    size: u64,
+    expected_mtime: u128,
+    stop: &CancellationToken,
+) -> io::Result<Manifest> {
+    let file = StopAware {
+        inner: fs::File::open(path)?,
+        stop,
+    };
     let reader = io::BufReader::with_capacity(1 << 20, file.take(size + 1));
     let manifest = Manifest::from_reader(reader, size)?;
     let meta = fs::metadata(path)?;
@@ -431,7 +368,22 @@ fn hash_file(path: &Path, size: u64, expected_mtime: u128) -> io::Result<Manifes
     Ok(manifest)
 }
 
-use std::io::Read as _;
+/// A reader that fails once `stop` is cancelled (checked once per read, i.e. per MiB when
+/// buffered), so hashing a large file ends with the node.
+struct StopAware<'a, R> {
+    inner: R,
+    stop: &'a CancellationToken,
+}
+
+impl<R: Read> Read for StopAware<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.is_cancelled() {
+            // Not `Interrupted`: `read_exact` would retry that forever.
+            return Err(io::Error::other("stopped"));
+        }
+        self.inner.read(buf)
+    }
+}
 
 /// Seconds since the epoch, for CSV rows and logs.
 pub fn unix_now() -> f64 {
@@ -480,6 +432,58 @@ mod tests {
         assert_eq!(changes.removed, ["inner"]);
         assert_eq!(changes.added.len(), 1);
         assert_eq!(changes.added[0].name, "b");
+    }
+
+    #[test]
+    fn files_still_being_written_are_left_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        fs::write(store.files_dir().join("a"), b"first").unwrap();
+        store.rescan().unwrap();
+        fs::write(store.files_dir().join("a"), b"second, longer").unwrap();
+        fs::write(store.files_dir().join("b"), b"half").unwrap();
+        fs::write(store.files_dir().join("c"), b"done").unwrap();
+
+        let writing = |name: &str| ["a", "b"].contains(&name);
+        let changes = store
+            .rescan_except(writing, &CancellationToken::new())
+            .unwrap();
+        let added: Vec<_> = changes.added.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(added, ["c"]);
+        assert!(changes.removed.is_empty(), "{changes:?}");
+        assert_eq!(
+            store.get("a").unwrap().content_id(),
+            ContentId::of(b"first")
+        );
+        assert!(store.get("b").is_none());
+
+        // Closed: the next rescan takes them.
+        let changes = store.rescan().unwrap();
+        let mut added: Vec<_> = changes.added.iter().map(|f| f.name.as_str()).collect();
+        added.sort();
+        assert_eq!(added, ["a", "b"]);
+        assert_eq!(
+            store.get("a").unwrap().content_id(),
+            ContentId::of(b"second, longer")
+        );
+    }
+
+    #[test]
+    fn a_stopped_rescan_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        fs::write(store.files_dir().join("a"), b"alpha").unwrap();
+        store.rescan().unwrap();
+        fs::remove_file(store.files_dir().join("a")).unwrap();
+        fs::write(store.files_dir().join("b"), b"beta").unwrap();
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let changes = store.rescan_except(|_| false, &stop).unwrap();
+        assert!(changes.added.is_empty() && changes.removed.is_empty());
+        assert!(store.get("a").is_some() && store.get("b").is_none());
+        // Hashing itself hears the token.
+        let err = hash_file(&store.files_dir().join("b"), 4, 0, &stop).unwrap_err();
+        assert_eq!(err.to_string(), "stopped");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! In-process swarm for integration tests: a tracker and peers on ephemeral loopback ports, each
 //! peer in its own temporary directory. Nothing sleeps to wait for a server: every listener is
 //! bound before its address is handed out.
+//!
+//! Also what a test needs beyond `cargo test` (root, a program, Python, PyPI): checked with
+//! [`require`] before the test starts, so that a missing need is one clear line, not a panic
+//! deep in the test. CI has every need; there (`CI` set, as CI services and `.ci/run` do) a
+//! missing need fails the test instead, because a CI that silently skips is a hole.
 #![allow(dead_code)]
 
 use p2pshare::peer::download::{
@@ -183,4 +188,137 @@ pub fn names_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a test needs from the machine
+// ---------------------------------------------------------------------------------------------
+
+/// A missing need: what is needed and what for, e.g. `root (mounts a tmpfs)`.
+pub type Need = Result<(), String>;
+
+/// Whether a missing need fails the test rather than skipping it: on CI.
+fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Whether the test can go on. When `need` is missing, prints one line,
+/// `<test>: skipped: needs <what>`, and returns false (the test returns at once); on CI it
+/// fails the test with that line instead.
+pub fn require(need: Need) -> bool {
+    provided(need).is_some()
+}
+
+/// [`require`] for a check that finds something the test then uses (an interpreter, say):
+/// `None` when it is missing.
+pub fn provided<T>(need: Result<T, String>) -> Option<T> {
+    let what = match need {
+        Ok(found) => return Some(found),
+        Err(what) => what,
+    };
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("test");
+    assert!(
+        !on_ci(),
+        "{test}: needs {what}; CI is set, so a missing need fails the test instead of skipping it"
+    );
+    let line = format!("{test}: skipped: needs {what}");
+    // Straight to the terminal: the harness would capture `eprintln!` of a passing test.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    None
+}
+
+/// A capability that a root process may lack (in a container, say).
+#[derive(Clone, Copy, Debug)]
+pub enum Capability {
+    /// `CAP_LINUX_IMMUTABLE`: setting the immutable flag (`chattr +i`).
+    LinuxImmutable = 9,
+    /// `CAP_SYS_ADMIN`: mounting a filesystem.
+    SysAdmin = 21,
+}
+
+impl Capability {
+    fn name(self) -> &'static str {
+        match self {
+            Capability::LinuxImmutable => "CAP_LINUX_IMMUTABLE",
+            Capability::SysAdmin => "CAP_SYS_ADMIN",
+        }
+    }
+}
+
+/// Root, holding `capability`, for `why`.
+pub fn root(capability: Capability, why: &str) -> Need {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    // "Uid:" lists the real, effective, saved and filesystem ids.
+    if field("Uid:").get(1) != Some(&"0") {
+        return Err(format!("root ({why})"));
+    }
+    let effective = field("CapEff:")
+        .first()
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or(0);
+    if effective & (1 << capability as u32) == 0 {
+        return Err(format!(
+            "root with {}, which this root lacks ({why})",
+            capability.name()
+        ));
+    }
+    Ok(())
+}
+
+/// The program `name` on `PATH`, for `why`.
+pub fn program(name: &str, why: &str) -> Need {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(name))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(format!("the `{name}` program on PATH ({why})"))
+    }
+}
+
+/// Directories made immutable with `chattr +i` where tests keep their folders: root with
+/// `CAP_LINUX_IMMUTABLE`, the program, and a filesystem that has the flag. For `why`.
+pub fn immutable_dirs(why: &str) -> Need {
+    root(Capability::LinuxImmutable, why)?;
+    program("chattr", why)?;
+    let probe = tempfile::tempdir().map_err(|e| format!("a temporary directory ({e})"))?;
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(probe.path())
+            .output()
+    };
+    match chattr("+i") {
+        Ok(out) if out.status.success() => {
+            let _ = chattr("-i");
+            Ok(())
+        }
+        Ok(out) => Err(format!(
+            "a temporary directory that takes the immutable flag ({why}; `chattr +i` in {}: {})",
+            std::env::temp_dir().display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("a working `chattr` ({why}; {e})")),
+    }
+}
+
+/// Mounting a tmpfs: root with `CAP_SYS_ADMIN` and the `mount` and `umount` programs. For
+/// `why`.
+pub fn tmpfs_mounts(why: &str) -> Need {
+    root(Capability::SysAdmin, why)?;
+    program("mount", why)?;
+    program("umount", why)
 }
