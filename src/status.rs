@@ -3,7 +3,6 @@
 
 use crate::chunking::ChunkingError;
 use crate::names::NameError;
-use crate::peer::server::ServeError;
 use crate::tracker::TrackerError;
 use tonic::Status;
 
@@ -32,23 +31,6 @@ impl From<TrackerError> for Status {
             TrackerError::WrongToken(_) => Status::permission_denied(message),
             TrackerError::PeerIdTaken { .. } => Status::already_exists(message),
             TrackerError::TooManyFiles => Status::resource_exhausted(message),
-        }
-    }
-}
-
-impl From<ServeError> for Status {
-    fn from(e: ServeError) -> Self {
-        let message = e.to_string();
-        match e {
-            ServeError::BadName(_) | ServeError::InvalidArgument(_) => {
-                Status::invalid_argument(message)
-            }
-            ServeError::NotShared(_) => Status::not_found(message),
-            ServeError::OutOfRange { .. } => Status::out_of_range(message),
-            ServeError::Busy(_) => Status::resource_exhausted(message),
-            ServeError::Stalled(_) => Status::deadline_exceeded(message),
-            ServeError::ChangedOnDisk(_) => Status::data_loss(message),
-            ServeError::Io(_) => Status::internal(message),
         }
     }
 }

@@ -1,0 +1,188 @@
+//! One `GetBlocks` stream's producer: a blocking task reading with `pread`, several blocks per
+//! message, into a bounded channel that is the response stream; the idle clock and watchdog that
+//! end it when its client stops reading; and its cancellation when the peer shuts down.
+
+use super::{RateLimiter, ServeError, MAX_BLOCKS_PER_MESSAGE};
+use crate::chunking::BLOCK_SIZE;
+use crate::pb::peer as pb;
+use crate::peer::store::SharedFile;
+use bytes::BytesMut;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+/// Since when a stream's reader has been waiting for its client to take read-ahead, if it is.
+/// Shared by the reader (a blocking thread) and the stream's [`idle_watchdog`].
+pub(super) struct IdleClock {
+    base: Instant,
+    /// Milliseconds after `base` when the wait began, plus one; 0 when not waiting.
+    waiting_since: AtomicU64,
+}
+
+impl Default for IdleClock {
+    fn default() -> Self {
+        IdleClock {
+            base: Instant::now(),
+            waiting_since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl IdleClock {
+    fn start_waiting(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.waiting_since.store(ms + 1, Ordering::Relaxed);
+    }
+
+    fn stop_waiting(&self) {
+        self.waiting_since.store(0, Ordering::Relaxed);
+    }
+
+    fn waiting_since(&self) -> Option<Instant> {
+        match self.waiting_since.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.base + Duration::from_millis(ms - 1)),
+        }
+    }
+}
+
+/// Cancels `stop` once the reader has waited `idle` for its client (the stream then ends
+/// between one and two `idle` after the client stopped reading). Returns when `stop` is
+/// cancelled, by itself, by the reader finishing or by shutdown. Timers live here, in an async
+/// task, not in the reader's blocking thread, where a runtime shutting down would make them panic.
+pub(super) async fn idle_watchdog(clock: Arc<IdleClock>, idle: Duration, stop: CancellationToken) {
+    loop {
+        let wake = clock
+            .waiting_since()
+            .map_or_else(|| Instant::now() + idle, |since| since + idle);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        if clock
+            .waiting_since()
+            .is_some_and(|since| since.elapsed() >= idle)
+        {
+            stop.cancel();
+            return;
+        }
+    }
+}
+
+/// One `GetBlocks` stream's reads, on a blocking thread.
+pub(super) struct ReadJob {
+    pub(super) file: SharedFile,
+    pub(super) opened: std::fs::File,
+    pub(super) first_block: u64,
+    pub(super) range: std::ops::Range<u64>,
+    pub(super) rate: Option<Arc<RateLimiter>>,
+    pub(super) idle_timeout: Duration,
+    pub(super) clock: Arc<IdleClock>,
+    /// The service's shutdown token: cancelled, the stream ends UNAVAILABLE.
+    pub(super) shutdown: CancellationToken,
+    /// A child of `shutdown`; also cancelled by the watchdog when the client stalls, and by the
+    /// job when it ends (which stops the watchdog).
+    pub(super) stop: CancellationToken,
+    pub(super) runtime: tokio::runtime::Handle,
+    /// Held for the life of the stream.
+    pub(super) _permit: OwnedSemaphorePermit,
+}
+
+pub(super) type Sender = mpsc::Sender<Result<pb::GetBlocksResponse, Status>>;
+
+impl ReadJob {
+    /// Streams the range into `tx`, then the final status if it failed.
+    pub(super) fn run(self, tx: Sender) {
+        let result = self.stream(&tx);
+        // Stop the watchdog and free the stream slot *before* the stream ends (when `tx` drops),
+        // so a client that saw the end can open another stream at once.
+        self.stop.cancel();
+        drop(self);
+        if let Err(status) = result {
+            // `send` always leaves a slot free, so the final status fits even when the client has
+            // stopped reading; if the client is gone, nobody needs it.
+            let _ = tx.try_send(Err(status));
+        }
+    }
+
+    /// Why `stop` fired: shutdown, or a client that stopped reading.
+    fn stopped(&self) -> ServeError {
+        if self.shutdown.is_cancelled() {
+            tracing::debug!(file = %self.file.name, "stream ended: shutting down");
+            ServeError::ShuttingDown
+        } else {
+            tracing::debug!(file = %self.file.name, "stream ended: the client stopped reading");
+            ServeError::Stalled(self.idle_timeout)
+        }
+    }
+
+    /// Queues one message once the upload budget allows it. Waits for *two* free slots and takes
+    /// one, so a slot always stays free for the final status. `Ok(false)`: the client went away.
+    /// Fails when the client has taken nothing for the idle timeout, or on shutdown.
+    fn send(&self, tx: &Sender, message: pb::GetBlocksResponse) -> Result<bool, ServeError> {
+        let reserved = self.runtime.block_on(async {
+            if let Some(rate) = &self.rate {
+                tokio::select! {
+                    biased;
+                    _ = self.stop.cancelled() => return None,
+                    _ = rate.wait(message.data.len()) => {}
+                }
+            }
+            // Only this wait is the client's doing: the idle clock runs during it alone.
+            self.clock.start_waiting();
+            let reserved = tokio::select! {
+                biased;
+                reserved = tx.reserve_many(2) => Some(reserved),
+                _ = self.stop.cancelled() => None,
+            };
+            self.clock.stop_waiting();
+            reserved
+        });
+        match reserved {
+            None => Err(self.stopped()),
+            Some(Err(_)) => Ok(false),
+            Some(Ok(mut permits)) => match permits.next() {
+                Some(permit) => {
+                    permit.send(Ok(message));
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+
+    fn stream(&self, tx: &Sender) -> Result<(), Status> {
+        let message_bytes = MAX_BLOCKS_PER_MESSAGE * BLOCK_SIZE as u64;
+        let mut offset = self.range.start;
+        let mut block = self.first_block;
+        while offset < self.range.end {
+            if self.stop.is_cancelled() {
+                return Err(self.stopped().into());
+            }
+            let len = (self.range.end - offset).min(message_bytes) as usize;
+            let mut buf = BytesMut::zeroed(len);
+            match self.opened.read_exact_at(&mut buf, offset) {
+                Ok(()) => {}
+                // Shorter than when it was shared: not the content the client asked for.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(ServeError::ChangedOnDisk(self.file.name.clone()).into())
+                }
+                Err(e) => return Err(ServeError::Io(e).into()),
+            }
+            let message = pb::GetBlocksResponse {
+                first_block: block,
+                data: buf.freeze(),
+            };
+            if !self.send(tx, message)? {
+                return Ok(()); // The client went away.
+            }
+            offset += len as u64;
+            block += len as u64 / BLOCK_SIZE as u64;
+        }
+        Ok(())
+    }
+}
