@@ -253,9 +253,7 @@ fn ctrl_c_ends_a_get_in_flight_promptly_and_the_next_get_resumes() {
     let partial = root.join("me/.p2pshare/partial");
     let id = ContentId::of(&data);
     let record = partial.join(format!("{id}.done"));
-    let verified = || {
-        std::fs::read(&record).map_or(0, |r| r.iter().filter(|&&b| b == 1).count())
-    };
+    let verified = || std::fs::read(&record).map_or(0, |r| r.iter().filter(|&&b| b == 1).count());
     let (mut getter, _) = peer(root, "me", &tracker_address, root, &["--exec", "get big"]);
     let deadline = Instant::now() + STEP_TIMEOUT;
     while verified() == 0 {
@@ -276,14 +274,19 @@ fn ctrl_c_ends_a_get_in_flight_promptly_and_the_next_get_resumes() {
     );
     let kept = verified();
     assert!(kept > 0, "the record of verified pieces is kept");
-    assert!(!root.join("me/files/big").exists(), "nothing half-done in files/");
+    assert!(
+        !root.join("me/files/big").exists(),
+        "nothing half-done in files/"
+    );
 
     // The next get fetches only what is missing.
     let (mut again, _) = peer(root, "me", &tracker_address, root, &["--exec", "get big"]);
     let resumed = again.expect("resume line", |line| {
         line.starts_with("resumed: ").then(|| line.to_string())
     });
-    again.expect("got line", |line| line.starts_with("got big ").then_some(()));
+    again.expect("got line", |line| {
+        line.starts_with("got big ").then_some(())
+    });
     let (status, _) = again.exit_after(Instant::now(), STEP_TIMEOUT);
     assert!(status.success(), "{status}; stderr:\n{}", again.log());
     assert!(!resumed.starts_with("resumed: 0 B"), "{resumed}");
@@ -303,7 +306,10 @@ async fn rate_capped_seeder(tracker: &TestTracker, data: &[u8], rate: u64) -> Te
 async fn until(what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + STEP_TIMEOUT;
     while !done() {
-        assert!(Instant::now() < deadline, "no {what} within {STEP_TIMEOUT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within {STEP_TIMEOUT:?}"
+        );
         tokio::time::sleep(POLL).await;
     }
 }
@@ -324,10 +330,17 @@ async fn a_download_cancelled_by_shutdown_returns_cancelled_with_its_progress_sa
             node.download(&request, progress).await
         })
     };
-    until("progress", || progress.done.load(Ordering::Relaxed) >= MIB as u64).await;
+    until("progress", || {
+        progress.done.load(Ordering::Relaxed) >= MIB as u64
+    })
+    .await;
     let told = Instant::now();
     me.node.shutdown().await;
-    assert!(told.elapsed() < EXIT_BOUND, "shutdown took {:?}", told.elapsed());
+    assert!(
+        told.elapsed() < EXIT_BOUND,
+        "shutdown took {:?}",
+        told.elapsed()
+    );
     let result = tokio::time::timeout(EXIT_BOUND, download)
         .await
         .expect("the download ends with the node")

@@ -103,7 +103,7 @@ async fn download(
         .content_id
         .parse()
         .map_err(|_| DownloadError::NotFound(request.name.clone()))?;
-    tracing::Span::current().record("id", content_id.short());
+    tracing::Span::current().record("id", tracing::field::display(content_id.short()));
     if request.destination == Destination::Files {
         if let Some(mine) = ctx.store.get(&request.name) {
             if mine.content_id() == content_id {
@@ -177,7 +177,11 @@ async fn download(
     // the next `get` finds every piece verified and only does those.
     if cancel.is_cancelled() {
         partial.remove_unless_resumable();
-        tracing::info!(fetched, missing, "cancelled; verified pieces kept for a resume");
+        tracing::info!(
+            fetched,
+            missing,
+            "cancelled; verified pieces kept for a resume"
+        );
         return Err(DownloadError::Cancelled);
     }
     if missing > 0 {

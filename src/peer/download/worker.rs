@@ -156,7 +156,8 @@ impl Transfer {
         let mut workers = tokio::task::JoinSet::new();
         for (index, holder) in self.holders.iter().enumerate() {
             // A child of the download's span: every line a worker logs says which holder.
-            let span = tracing::info_span!("holder", peer = %holder.peer_id, address = %holder.address);
+            let span =
+                tracing::info_span!("holder", peer = %holder.peer_id, address = %holder.address);
             for _ in 0..STREAMS_PER_HOLDER {
                 workers.spawn(self.clone().worker(index).instrument(span.clone()));
             }
@@ -265,7 +266,10 @@ impl Transfer {
         let state = &self.holders[holder];
         let mut client = state.client.clone();
         tracing::debug!(pieces = ?assignment.pieces, "requesting");
-        let mut stream = match self.within_stall_timeout(client.get_blocks(request)).await? {
+        let mut stream = match self
+            .within_stall_timeout(client.get_blocks(request))
+            .await?
+        {
             None => {
                 return Err(FetchError::Failed(format!(
                     "no answer within {:?}",
