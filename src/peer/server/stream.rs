@@ -186,3 +186,115 @@ impl ReadJob {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunking::Manifest;
+    use tokio::sync::Semaphore;
+
+    /// A job streaming all of `data` as shared, from a file on disk holding `on_disk`.
+    fn job(
+        dir: &std::path::Path,
+        data: &[u8],
+        on_disk: &[u8],
+        shutdown: CancellationToken,
+    ) -> ReadJob {
+        let path = dir.join("f");
+        std::fs::write(&path, on_disk).unwrap();
+        let manifest = Arc::new(Manifest::of_bytes(data));
+        ReadJob {
+            file: SharedFile {
+                name: "f".into(),
+                path: path.clone(),
+                size: data.len() as u64,
+                mtime_ns: 0,
+                manifest,
+            },
+            opened: std::fs::File::open(&path).unwrap(),
+            first_block: 0,
+            range: 0..data.len() as u64,
+            rate: None,
+            idle_timeout: Duration::from_secs(30),
+            clock: Arc::default(),
+            stop: shutdown.child_token(),
+            shutdown,
+            runtime: tokio::runtime::Handle::current(),
+            _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+        }
+    }
+
+    /// Runs `job` on a blocking thread and returns what its client receives, to the end.
+    async fn received(job: ReadJob) -> Vec<Result<pb::GetBlocksResponse, Status>> {
+        let (tx, mut rx) = mpsc::channel(super::super::READ_AHEAD_MESSAGES + 1);
+        tokio::task::spawn_blocking(move || job.run(tx));
+        let mut all = Vec::new();
+        while let Some(item) = rx.recv().await {
+            all.push(item);
+        }
+        all
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_shorter_than_shared_ends_the_stream_with_data_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 300 * 1024];
+        let all = received(job(
+            dir.path(),
+            &data,
+            &data[..100 * 1024],
+            CancellationToken::new(),
+        ))
+        .await;
+        let (last, before) = all.split_last().unwrap();
+        assert!(
+            before.is_empty(),
+            "the first message already runs past the end"
+        );
+        let status = last.as_ref().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_ends_a_stream_waiting_on_its_client_with_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 64 << 20];
+        let shutdown = CancellationToken::new();
+        let job = job(dir.path(), &data, &data, shutdown.clone());
+        let (tx, mut rx) = mpsc::channel(super::super::READ_AHEAD_MESSAGES + 1);
+        let reader = tokio::task::spawn_blocking(move || job.run(tx));
+        // The client takes one message and stops reading; the reader fills the read-ahead.
+        assert!(rx.recv().await.unwrap().is_ok());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), reader)
+            .await
+            .expect("the reader stops at once")
+            .unwrap();
+        let mut last = None;
+        while let Some(item) = rx.recv().await {
+            last = Some(item);
+        }
+        let status = last.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_ends_a_stream_waiting_for_upload_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 4 << 20];
+        let shutdown = CancellationToken::new();
+        let mut job = job(dir.path(), &data, &data, shutdown.clone());
+        // 1 KiB/s: after the first message (the burst), the next is minutes away.
+        job.rate = Some(Arc::new(RateLimiter::new(1024)));
+        let (tx, mut rx) = mpsc::channel(super::super::READ_AHEAD_MESSAGES + 1);
+        let reader = tokio::task::spawn_blocking(move || job.run(tx));
+        assert!(rx.recv().await.unwrap().is_ok());
+        shutdown.cancel();
+        let next = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("the stream ends at once");
+        let status = next.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        reader.await.unwrap();
+    }
+}
