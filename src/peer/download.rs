@@ -1,20 +1,24 @@
-//! The multi-holder downloader: one download, start to finish ([`run`]).
+//! The multi-holder downloader: one download, start to finish (`run`, driven by
+//! [`PeerNode::download`](crate::peer::PeerNode::download)).
 //!
 //! 1. Ask the tracker who holds the file; pick a version (most holders, or the one asked for)
-//!    ([`version`]).
+//!    (`version`).
 //! 2. Fetch the manifest from any holder and check it against the content id (a lying holder's
 //!    manifest is refused and the next holder asked).
 //! 3. Open the partial file under `.p2pshare/partial/` (never in `files/`); on a resumed download,
-//!    re-verify the pieces recorded as done and keep the good ones ([`partial`]).
-//! 4. Run workers per holder that take units from the [`Scheduler`](crate::peer::schedule), stream
+//!    re-verify the pieces recorded as done and keep the good ones (`partial`).
+//! 4. Run workers per holder that take units from the [`Scheduler`](crate::peer::schedule::Scheduler), stream
 //!    them with `GetBlocks`, verify each piece off the receive path and write it at its offset
-//!    ([`worker`]).
+//!    (`worker`).
 //! 5. fsync, move into `files/` without replacing different content, announce.
 //!
 //! A download runs under a cancellation token (a child of its node's): cancelled, it stops at its
 //! next await, saves the record of verified pieces, keeps a resumable partial file and returns
 //! [`DownloadError::Cancelled`]. Its log lines are in a `download` span (file, content id prefix),
 //! each holder's in a `holder` span within it.
+//!
+//! Each download opens its own channels to its holders (they connect on the first call): two
+//! concurrent downloads from one holder use two connections, nothing is pooled across downloads.
 
 mod partial;
 mod request;

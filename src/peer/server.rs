@@ -1,7 +1,7 @@
 //! The Peer service: file meta-information, manifests and `GetBlocks` streaming from the store.
 //!
 //! `GetBlocks` reads with `pread` in one blocking task per stream, several blocks per message,
-//! into a bounded channel ([`stream`]): the channel gives back-pressure (a slow reader stalls the
+//! into a bounded channel (`stream`): the channel gives back-pressure (a slow reader stalls the
 //! reads, not memory), and the task stops as soon as the client goes away. A semaphore caps
 //! concurrent streams; over the cap a client gets RESOURCE_EXHAUSTED and can ask another holder.
 //! An upload rate cap ([`RateLimiter`]) is shared by all streams.
