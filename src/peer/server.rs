@@ -282,7 +282,7 @@ impl Peer for PeerService {
             Ok((file, opened))
         })
         .await
-        .map_err(|e| Status::internal(format!("opening the file failed: {e}")))??;
+        .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
         let span = tracing::info_span!(
             "serve",
             remote = %remote,
