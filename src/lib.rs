@@ -15,7 +15,6 @@ pub mod human;
 pub mod names;
 pub mod peer;
 pub mod progress;
-pub mod status;
 pub mod tracker;
 
 /// Code generated from `proto/` by `build.rs`.

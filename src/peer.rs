@@ -1,6 +1,11 @@
 //! A peer node: its store (the shared folder), the Peer service serving it, the link to the
 //! tracker (registration, heartbeats, re-registration after a tracker restart), the folder
 //! watcher, and the downloader. The shell and the binaries drive a [`PeerNode`].
+//!
+//! Everything a node runs hangs off one cancellation token: its server and each `GetBlocks`
+//! stream, its background tasks, and every download (each under a child token). So
+//! [`PeerNode::shutdown`] ends uploads and downloads in flight at once instead of waiting for them,
+//! and is bounded: a client that stops reading cannot hold it up.
 
 pub mod download;
 pub mod schedule;
@@ -12,7 +17,7 @@ mod watch;
 
 use crate::grpc::{ClientSecurity, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa};
 use crate::pb::tracker::FileEntry;
-use download::ActiveDownloads;
+use download::{ActiveDownloads, DownloadError, DownloadReport, DownloadRequest, Progress};
 use server::{PeerService, ServeLimits};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::{SharedFile, Store, StoreError};
 use tokio::net::TcpListener;
+
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracker_link::{TrackerLink, TrackerLinkError};
@@ -54,7 +60,7 @@ pub struct PeerConfig {
     pub advertise_host: String,
     /// A holder silent this long during a download is given up on.
     pub stall_timeout: Duration,
-    /// How often `files/` is rescanned for added, changed and removed files.
+    /// How often `files/` is fully rescanned: the safety net under the folder watcher.
     pub rescan_interval: Duration,
     /// Limits of the Peer service.
     pub limits: ServeLimits,
@@ -75,7 +81,7 @@ impl PeerConfig {
             tracker_address: tracker_address.to_string(),
             advertise_host: String::new(),
             stall_timeout: download::DEFAULT_STALL_TIMEOUT,
-            rescan_interval: Duration::from_secs(2),
+            rescan_interval: Duration::from_secs(30),
             limits: ServeLimits::default(),
             server_security: ServerSecurity::default(),
             client_security: ClientSecurity::default(),
@@ -117,6 +123,14 @@ pub struct StartInfo {
     pub registration: Result<String, String>,
 }
 
+/// How long [`PeerNode::shutdown`] waits for the tracker to acknowledge `Leave`: the tracker
+/// drops a silent peer after a few heartbeats anyway.
+const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long [`PeerNode::shutdown`] waits, once everything is cancelled, for its tasks and
+/// downloads to wind down before aborting what is left (a server connection whose client stopped
+/// reading never drains by itself).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A running peer.
 #[derive(Debug)]
 pub struct PeerNode {
@@ -127,6 +141,8 @@ pub struct PeerNode {
     local_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Each download in progress holds a receiver; shutdown waits for them all to be dropped.
+    downloads: tokio::sync::watch::Sender<()>,
 }
 
 impl PeerNode {
@@ -159,7 +175,8 @@ impl PeerNode {
             &config.client_security,
         )?;
         let shutdown = CancellationToken::new();
-        let service = PeerService::new(store.clone(), config.limits.clone());
+        let service = PeerService::new(store.clone(), config.limits.clone())
+            .with_shutdown(shutdown.child_token());
         let server = {
             let token = shutdown.clone();
             let security = config.server_security.clone();
@@ -187,6 +204,7 @@ impl PeerNode {
             local_addr,
             shutdown,
             tasks: Mutex::new(vec![server]),
+            downloads: tokio::sync::watch::Sender::new(()),
         });
         let registration = node
             .register()
@@ -230,17 +248,29 @@ impl PeerNode {
         &self.store
     }
 
-    fn store_arc(&self) -> Arc<Store> {
-        self.store.clone()
-    }
-
     /// The tracker link.
     pub fn tracker(&self) -> &TrackerLink {
         &self.tracker
     }
 
-    fn active_downloads(&self) -> &ActiveDownloads {
-        &self.active
+    /// Downloads a file from the other holders in the swarm (see [`download`]). The download runs
+    /// under a child of the node's cancellation token: when the node shuts down it stops, keeps
+    /// its verified pieces for a later `get`, and returns [`DownloadError::Cancelled`].
+    pub async fn download(
+        &self,
+        request: &DownloadRequest,
+        progress: Arc<Progress>,
+    ) -> Result<DownloadReport, DownloadError> {
+        let _running = self.downloads.subscribe();
+        let context = download::Context {
+            peer_id: &self.config.peer_id,
+            tracker: &self.tracker,
+            store: &self.store,
+            security: &self.config.client_security,
+            stall_timeout: self.config.stall_timeout,
+            active: &self.active,
+        };
+        download::run(&context, request, progress, self.shutdown.child_token()).await
     }
 
     /// The catalog as the tracker wants it.
@@ -272,9 +302,15 @@ impl PeerNode {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            let result = match self.tracker.heartbeat().await {
-                Err(TrackerLinkError::NotRegistered) => self.register().await.map(|_| ()),
-                other => other,
+            let beat = async {
+                match self.tracker.heartbeat().await {
+                    Err(TrackerLinkError::NotRegistered) => self.register().await.map(|_| ()),
+                    other => other,
+                }
+            };
+            // A tracker slow to answer must not hold up shutdown.
+            let Some(result) = self.shutdown.run_until_cancelled(beat).await else {
+                return;
             };
             match result {
                 Ok(()) if tracker_down => {
@@ -293,17 +329,36 @@ impl PeerNode {
     }
 
     /// Leaves the tracker and stops serving, letting streams in flight drain. Idempotent.
+    ///
+    /// Bounded (about 1.5 s at most), whatever clients and holders do: `Leave` gets a short
+    /// deadline; then everything is cancelled at once: uploads in flight end with UNAVAILABLE,
+    /// downloads stop and keep their verified pieces, background tasks end; what has not stopped
+    /// after a short drain (a connection whose client stopped reading) is aborted. Saves the hash
+    /// cache.
     pub async fn shutdown(&self) {
         if self.shutdown.is_cancelled() {
             return;
         }
-        if let Err(e) = self.tracker.leave().await {
-            tracing::debug!("leave: {e}");
+        match tokio::time::timeout(LEAVE_TIMEOUT, self.tracker.leave()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!("leave: {e}"),
+            Err(_) => tracing::debug!("leave: no answer within {LEAVE_TIMEOUT:?}"),
         }
         self.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         let tasks: Vec<_> = self.tasks_lock().drain(..).collect();
-        for task in tasks {
-            let _ = task.await;
+        for mut task in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::debug!("a task did not stop within {DRAIN_TIMEOUT:?}; aborting it");
+                task.abort();
+            }
+        }
+        // Downloads save their progress records as they stop.
+        if tokio::time::timeout_at(deadline, self.downloads.closed())
+            .await
+            .is_err()
+        {
+            tracing::debug!("downloads still stopping after {DRAIN_TIMEOUT:?}");
         }
         let store = self.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.flush_cache()).await;

@@ -50,8 +50,8 @@ struct Args {
     /// status 0 if all succeeded, 1 otherwise.
     #[arg(long, value_name = "COMMANDS")]
     exec: Vec<String>,
-    /// Seconds between scans of files/ for added, changed or removed files.
-    #[arg(long, default_value_t = 2)]
+    /// Seconds between full rescans of files/, the safety net under the folder watcher.
+    #[arg(long, default_value_t = 30)]
     rescan_interval: u64,
     /// Private swarm: send this shared secret on every call, and refuse calls (health checks
     /// excepted) that do not carry it. The tracker and every peer need the same key.

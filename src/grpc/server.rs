@@ -18,8 +18,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     /// Calls (HTTP/2 streams) one connection may have open at once: the per-client cap. More
-    /// wait on the client side until one ends. The downloader opens 2 streams per holder, so 32
-    /// leaves ample room for several downloads over one connection.
+    /// wait on the client side until one ends. The downloader opens 2 streams per holder, and
+    /// each download its own connection, so 32 is far above what one download uses; it caps
+    /// clients that open many streams on one connection.
     pub max_streams_per_connection: u32,
     /// How long a call may take to deliver its request and have its handler answer (for a
     /// server-streaming call: until the stream starts; the stream itself is not cut).

@@ -1,9 +1,14 @@
 //! The Peer service: file meta-information, manifests and `GetBlocks` streaming from the store.
 //!
 //! `GetBlocks` reads with `pread` in one blocking task per stream, several blocks per message,
-//! into a bounded channel: the channel gives back-pressure (a slow reader stalls the reads, not
-//! memory), and the task stops as soon as the client goes away. A semaphore caps concurrent
-//! streams; over the cap a client gets RESOURCE_EXHAUSTED and can ask another holder.
+//! into a bounded channel (`stream`): the channel gives back-pressure (a slow reader stalls the
+//! reads, not memory), and the task stops as soon as the client goes away. A semaphore caps
+//! concurrent streams; over the cap a client gets RESOURCE_EXHAUSTED and can ask another holder.
+//! An upload rate cap ([`RateLimiter`]) is shared by all streams.
+//!
+//! Every stream runs under a child of the service's shutdown token ([`PeerService::with_shutdown`]):
+//! when the peer shuts down, each stream ends at once with UNAVAILABLE, whatever its client does.
+//! Each stream logs in a `serve` span (remote address, file, blocks).
 //!
 //! # What a hostile client can and cannot do
 //!
@@ -20,23 +25,28 @@
 //!   idle timeout ([`DEFAULT_STREAM_IDLE_TIMEOUT`]) is ended with DEADLINE_EXCEEDED and its slot
 //!   freed, so clients that open streams and never read cannot keep others out for long.
 
+mod limits;
+mod stream;
+
+pub use limits::{RateLimiter, ServeLimits};
+
 use crate::chunking::{ContentId, BLOCK_SIZE};
 use crate::names::{validate_file_name, NameError};
 use crate::pb::peer as pb;
 use crate::pb::peer::peer_server::{Peer, PeerServer};
 use crate::peer::store::{SharedFile, Store};
-use bytes::BytesMut;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use std::sync::Arc;
+use std::time::Duration;
+use stream::{idle_watchdog, IdleClock, ReadJob};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Most blocks in one `GetBlocks` message (256 KiB): large enough that per-message costs vanish,
 /// small enough to keep the pipeline moving.
@@ -51,7 +61,8 @@ pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request message the Peer service decodes: requests are a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// Errors of the Peer service. Mapped to gRPC codes in [`crate::status`].
+/// Errors of the Peer service. Each becomes a gRPC status with its own code (see the `From` impl
+/// below), so clients in any language can act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A malformed name.
@@ -82,54 +93,28 @@ pub enum ServeError {
     /// The file on disk no longer matches what was announced.
     #[error("{0} changed on disk since it was shared")]
     ChangedOnDisk(String),
+    /// The peer is shutting down: streams in flight end (ask another holder).
+    #[error("peer shutting down")]
+    ShuttingDown,
     /// Reading failed.
     #[error("read failed: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Shares an upload budget (bytes per second) among all of a peer's streams.
-#[derive(Debug)]
-pub struct RateLimiter {
-    bytes_per_sec: f64,
-    /// When the budget is next free: each send pushes it forward by its size / rate.
-    next_free: Mutex<Instant>,
-}
-
-impl RateLimiter {
-    /// A limiter at `bytes_per_sec`.
-    pub fn new(bytes_per_sec: u64) -> Self {
-        RateLimiter {
-            bytes_per_sec: bytes_per_sec.max(1) as f64,
-            next_free: Mutex::new(Instant::now()),
-        }
-    }
-
-    /// Reserves `bytes` of budget; returns how long to wait before sending them.
-    fn reserve(&self, bytes: usize) -> Duration {
-        let now = Instant::now();
-        let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
-        // At most a short burst is saved up while idle.
-        let floor = now.checked_sub(Duration::from_millis(20)).unwrap_or(now);
-        let start = (*next).max(floor);
-        *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
-        start.saturating_duration_since(now)
-    }
-}
-
-/// Limits of the Peer service.
-#[derive(Debug, Clone)]
-pub struct ServeLimits {
-    /// Concurrent `GetBlocks` streams.
-    pub max_streams: usize,
-    /// Upload budget shared by all streams, if any.
-    pub upload_rate: Option<Arc<RateLimiter>>,
-}
-
-impl Default for ServeLimits {
-    fn default() -> Self {
-        ServeLimits {
-            max_streams: DEFAULT_MAX_STREAMS,
-            upload_rate: None,
+impl From<ServeError> for Status {
+    fn from(e: ServeError) -> Self {
+        let message = e.to_string();
+        match e {
+            ServeError::BadName(_) | ServeError::InvalidArgument(_) => {
+                Status::invalid_argument(message)
+            }
+            ServeError::NotShared(_) => Status::not_found(message),
+            ServeError::OutOfRange { .. } => Status::out_of_range(message),
+            ServeError::Busy(_) => Status::resource_exhausted(message),
+            ServeError::Stalled(_) => Status::deadline_exceeded(message),
+            ServeError::ChangedOnDisk(_) => Status::data_loss(message),
+            ServeError::ShuttingDown => Status::unavailable(message),
+            ServeError::Io(_) => Status::internal(message),
         }
     }
 }
@@ -141,6 +126,8 @@ pub struct PeerService {
     streams: Arc<Semaphore>,
     limits: ServeLimits,
     idle_timeout: Duration,
+    /// Every stream runs under a child of it.
+    shutdown: CancellationToken,
 }
 
 impl PeerService {
@@ -151,7 +138,15 @@ impl PeerService {
             streams: Arc::new(Semaphore::new(limits.max_streams)),
             limits,
             idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Ends every `GetBlocks` stream in flight (UNAVAILABLE, "peer shutting down") once `token`
+    /// is cancelled, and refuses new ones the same way. Default: streams run to their end.
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
     }
 
     /// Ends `GetBlocks` streams whose client reads nothing for `timeout` (default
@@ -252,7 +247,13 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::GetBlocksRequest>,
     ) -> Result<Response<Self::GetBlocksStream>, Status> {
+        let remote = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let req = request.into_inner();
+        if self.shutdown.is_cancelled() {
+            return Err(ServeError::ShuttingDown.into());
+        }
         if req.block_count == 0 {
             return Err(
                 ServeError::InvalidArgument("block_count must be at least 1".into()).into(),
@@ -281,16 +282,20 @@ impl Peer for PeerService {
             Ok((file, opened))
         })
         .await
-        .map_err(|e| Status::internal(format!("opening the file failed: {e}")))??;
+        .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
+        let span = tracing::info_span!(
+            "serve",
+            remote = %remote,
+            file = %file.name,
+            blocks = %format_args!("{}..{}", req.first_block, req.first_block as u128 + req.block_count as u128),
+        );
         // One slot more than the read-ahead: it stays free for the final status (see `send`).
         let (tx, rx) = mpsc::channel(READ_AHEAD_MESSAGES + 1);
         let clock = Arc::new(IdleClock::default());
-        let stalled = CancellationToken::new();
-        tokio::spawn(idle_watchdog(
-            clock.clone(),
-            self.idle_timeout,
-            stalled.clone(),
-        ));
+        let stop = self.shutdown.child_token();
+        tokio::spawn(
+            idle_watchdog(clock.clone(), self.idle_timeout, stop.clone()).instrument(span.clone()),
+        );
         let job = ReadJob {
             file,
             opened,
@@ -299,11 +304,17 @@ impl Peer for PeerService {
             rate: self.limits.upload_rate.clone(),
             idle_timeout: self.idle_timeout,
             clock,
-            stalled,
+            shutdown: self.shutdown.clone(),
+            stop,
             runtime: tokio::runtime::Handle::current(),
             _permit: permit,
         };
-        tokio::task::spawn_blocking(move || job.run(tx));
+        // Spans do not follow a closure onto a blocking thread by themselves.
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            tracing::debug!("streaming");
+            job.run(tx);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -335,157 +346,4 @@ fn open_inside(files_dir: &Path, file: &SharedFile) -> Result<std::fs::File, Ser
         return Err(gone());
     }
     Ok(opened)
-}
-
-/// Since when a stream's reader has been waiting for its client to take read-ahead, if it is.
-/// Shared by the reader (a blocking thread) and the stream's [`idle_watchdog`].
-struct IdleClock {
-    base: Instant,
-    /// Milliseconds after `base` when the wait began, plus one; 0 when not waiting.
-    waiting_since: AtomicU64,
-}
-
-impl Default for IdleClock {
-    fn default() -> Self {
-        IdleClock {
-            base: Instant::now(),
-            waiting_since: AtomicU64::new(0),
-        }
-    }
-}
-
-impl IdleClock {
-    fn start_waiting(&self) {
-        let ms = self.base.elapsed().as_millis() as u64;
-        self.waiting_since.store(ms + 1, Ordering::Relaxed);
-    }
-
-    fn stop_waiting(&self) {
-        self.waiting_since.store(0, Ordering::Relaxed);
-    }
-
-    fn waiting_since(&self) -> Option<Instant> {
-        match self.waiting_since.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(self.base + Duration::from_millis(ms - 1)),
-        }
-    }
-}
-
-/// Cancels `stalled` once the reader has waited `idle` for its client (the stream then ends
-/// between one and two `idle` after the client stopped reading). Returns when `stalled` is
-/// cancelled, by itself or by the reader finishing. Timers live here, in an async task, not in the
-/// reader's blocking thread, where a runtime shutting down would make them panic.
-async fn idle_watchdog(clock: Arc<IdleClock>, idle: Duration, stalled: CancellationToken) {
-    loop {
-        let wake = clock
-            .waiting_since()
-            .map_or_else(|| Instant::now() + idle, |since| since + idle);
-        tokio::select! {
-            _ = stalled.cancelled() => return,
-            _ = tokio::time::sleep_until(wake.into()) => {}
-        }
-        if clock
-            .waiting_since()
-            .is_some_and(|since| since.elapsed() >= idle)
-        {
-            stalled.cancel();
-            return;
-        }
-    }
-}
-
-/// One `GetBlocks` stream's reads, on a blocking thread.
-struct ReadJob {
-    file: SharedFile,
-    opened: std::fs::File,
-    first_block: u64,
-    range: std::ops::Range<u64>,
-    rate: Option<Arc<RateLimiter>>,
-    idle_timeout: Duration,
-    clock: Arc<IdleClock>,
-    /// Cancelled by the watchdog when the client stalls; by the job when it ends.
-    stalled: CancellationToken,
-    runtime: tokio::runtime::Handle,
-    /// Held for the life of the stream.
-    _permit: OwnedSemaphorePermit,
-}
-
-type Sender = mpsc::Sender<Result<pb::GetBlocksResponse, Status>>;
-
-impl ReadJob {
-    fn run(self, tx: Sender) {
-        let result = self.stream(&tx);
-        // Stop the watchdog and free the stream slot *before* the stream ends (when `tx` drops),
-        // so a client that saw the end can open another stream at once.
-        self.stalled.cancel();
-        drop(self);
-        if let Err(status) = result {
-            // `send` always leaves a slot free, so the final status fits even when the client has
-            // stopped reading; if the client is gone, nobody needs it.
-            let _ = tx.try_send(Err(status));
-        }
-    }
-
-    /// Queues one message. Waits for *two* free slots and takes one, so a slot always stays free
-    /// for the final status. `Ok(false)`: the client went away. Fails when the client has taken
-    /// nothing for the idle timeout.
-    fn send(&self, tx: &Sender, message: pb::GetBlocksResponse) -> Result<bool, ServeError> {
-        self.clock.start_waiting();
-        let reserved = self.runtime.block_on(async {
-            tokio::select! {
-                biased;
-                reserved = tx.reserve_many(2) => Some(reserved),
-                _ = self.stalled.cancelled() => None,
-            }
-        });
-        self.clock.stop_waiting();
-        match reserved {
-            None => {
-                tracing::debug!(file = %self.file.name, "stream ended: the client stopped reading");
-                Err(ServeError::Stalled(self.idle_timeout))
-            }
-            Some(Err(_)) => Ok(false),
-            Some(Ok(mut permits)) => match permits.next() {
-                Some(permit) => {
-                    permit.send(Ok(message));
-                    Ok(true)
-                }
-                None => Ok(false),
-            },
-        }
-    }
-
-    fn stream(&self, tx: &Sender) -> Result<(), Status> {
-        let file = &self.opened;
-        let message_bytes = MAX_BLOCKS_PER_MESSAGE * BLOCK_SIZE as u64;
-        let mut offset = self.range.start;
-        let mut block = self.first_block;
-        while offset < self.range.end {
-            let len = (self.range.end - offset).min(message_bytes) as usize;
-            let mut buf = BytesMut::zeroed(len);
-            let mut filled = 0;
-            while filled < len {
-                match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                    Ok(0) => return Err(ServeError::ChangedOnDisk(self.file.name.clone()).into()),
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(ServeError::Io(e).into()),
-                }
-            }
-            if let Some(rate) = &self.rate {
-                std::thread::sleep(rate.reserve(len));
-            }
-            let message = pb::GetBlocksResponse {
-                first_block: block,
-                data: buf.freeze(),
-            };
-            if !self.send(tx, message)? {
-                return Ok(()); // The client went away.
-            }
-            offset += len as u64;
-            block += len as u64 / BLOCK_SIZE as u64;
-        }
-        Ok(())
-    }
 }

@@ -1,0 +1,124 @@
+//! What the Peer service allows: concurrent streams, and the upload rate shared by all of them.
+
+use super::{DEFAULT_MAX_STREAMS, MAX_BLOCKS_PER_MESSAGE};
+use crate::chunking::BLOCK_SIZE;
+use governor::{DefaultDirectRateLimiter, Quota};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The limiter counts in cells of this many bytes: whole bytes would need a replenish period
+/// under a nanosecond past 1 GB/s, which governor cannot express.
+const CELL_BYTES: u64 = 1024;
+/// Budget that may be saved up while idle, as time at the full rate (at least one message).
+const BURST: Duration = Duration::from_millis(20);
+
+/// Shares an upload budget (bytes per second) among all of a peer's streams. Streams wait for
+/// budget asynchronously (governor's GCRA), so a waiting stream still ends at once on shutdown.
+pub struct RateLimiter {
+    bytes_per_sec: u64,
+    /// Cells the limiter may hand out at once: any one message fits.
+    burst: NonZeroU32,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("bytes_per_sec", &self.bytes_per_sec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter {
+    /// A limiter at `bytes_per_sec`.
+    pub fn new(bytes_per_sec: u64) -> Self {
+        let bytes_per_sec = bytes_per_sec.max(1);
+        let per_cell = Duration::from_secs_f64(CELL_BYTES as f64 / bytes_per_sec as f64)
+            .max(Duration::from_nanos(1));
+        // A message is up to MAX_BLOCKS_PER_MESSAGE blocks; a burst smaller than that could never
+        // be granted (governor answers InsufficientCapacity).
+        let message_cells = MAX_BLOCKS_PER_MESSAGE * BLOCK_SIZE as u64 / CELL_BYTES;
+        let saved_cells = (bytes_per_sec as f64 * BURST.as_secs_f64() / CELL_BYTES as f64) as u64;
+        let burst = u32::try_from(message_cells.max(saved_cells))
+            .ok()
+            .and_then(NonZeroU32::new)
+            .unwrap_or(NonZeroU32::MAX);
+        let quota = Quota::with_period(per_cell)
+            .expect("the period is at least a nanosecond")
+            .allow_burst(burst);
+        RateLimiter {
+            bytes_per_sec,
+            burst,
+            limiter: DefaultDirectRateLimiter::direct(quota),
+        }
+    }
+
+    /// Waits until `bytes` may be sent, and takes them from the budget.
+    pub(super) async fn wait(&self, bytes: usize) {
+        let cells = (bytes as u64).div_ceil(CELL_BYTES).max(1);
+        let cells = u32::try_from(cells)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .map_or(self.burst, |c| c.min(self.burst));
+        // Never InsufficientCapacity: `cells` is at most the burst.
+        let _ = self.limiter.until_n_ready(cells).await;
+    }
+}
+
+/// Limits of the Peer service.
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// Concurrent `GetBlocks` streams.
+    pub max_streams: usize,
+    /// Upload budget shared by all streams, if any.
+    pub upload_rate: Option<Arc<RateLimiter>>,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_streams: DEFAULT_MAX_STREAMS,
+            upload_rate: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Sends `messages` messages of `bytes` through `limiter` and returns the time taken.
+    async fn time_to_send(limiter: &RateLimiter, messages: usize, bytes: usize) -> Duration {
+        let started = Instant::now();
+        for _ in 0..messages {
+            limiter.wait(bytes).await;
+        }
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn the_rate_is_honoured_for_full_and_odd_sized_messages() {
+        // 4 MiB/s: 16 messages of 256 KiB is 4 MiB, one second minus the burst saved at start.
+        let limiter = RateLimiter::new(4 << 20);
+        let took = time_to_send(&limiter, 16, 256 << 10).await;
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+        // A message of any size, even above the burst, is granted (capped), never refused.
+        let limiter = RateLimiter::new(1 << 20);
+        let took = time_to_send(&limiter, 3, 100).await;
+        assert!(took < Duration::from_millis(100), "{took:?}");
+        limiter.wait(usize::MAX).await;
+    }
+
+    #[test]
+    fn extreme_rates_make_valid_limiters() {
+        for rate in [0, 1, 1000, u32::MAX as u64, u64::MAX] {
+            let limiter = RateLimiter::new(rate);
+            assert!(limiter.burst.get() >= 256, "{rate}: {limiter:?}");
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! One `GetBlocks` stream's producer: a blocking task reading with `pread`, several blocks per
+//! message, into a bounded channel that is the response stream; the idle clock and watchdog that
+//! end it when its client stops reading; and its cancellation when the peer shuts down.
+
+use super::{RateLimiter, ServeError, MAX_BLOCKS_PER_MESSAGE};
+use crate::chunking::BLOCK_SIZE;
+use crate::pb::peer as pb;
+use crate::peer::store::SharedFile;
+use bytes::BytesMut;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+/// Since when a stream's reader has been waiting for its client to take read-ahead, if it is.
+/// Shared by the reader (a blocking thread) and the stream's [`idle_watchdog`].
+pub(super) struct IdleClock {
+    base: Instant,
+    /// Milliseconds after `base` when the wait began, plus one; 0 when not waiting.
+    waiting_since: AtomicU64,
+}
+
+impl Default for IdleClock {
+    fn default() -> Self {
+        IdleClock {
+            base: Instant::now(),
+            waiting_since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl IdleClock {
+    fn start_waiting(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.waiting_since.store(ms + 1, Ordering::Relaxed);
+    }
+
+    fn stop_waiting(&self) {
+        self.waiting_since.store(0, Ordering::Relaxed);
+    }
+
+    fn waiting_since(&self) -> Option<Instant> {
+        match self.waiting_since.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.base + Duration::from_millis(ms - 1)),
+        }
+    }
+}
+
+/// Cancels `stop` once the reader has waited `idle` for its client (the stream then ends
+/// between one and two `idle` after the client stopped reading). Returns when `stop` is
+/// cancelled, by itself, by the reader finishing or by shutdown. Timers live here, in an async
+/// task, not in the reader's blocking thread, where a runtime shutting down would make them panic.
+pub(super) async fn idle_watchdog(clock: Arc<IdleClock>, idle: Duration, stop: CancellationToken) {
+    loop {
+        let wake = clock
+            .waiting_since()
+            .map_or_else(|| Instant::now() + idle, |since| since + idle);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        if clock
+            .waiting_since()
+            .is_some_and(|since| since.elapsed() >= idle)
+        {
+            stop.cancel();
+            return;
+        }
+    }
+}
+
+/// One `GetBlocks` stream's reads, on a blocking thread.
+pub(super) struct ReadJob {
+    pub(super) file: SharedFile,
+    pub(super) opened: std::fs::File,
+    pub(super) first_block: u64,
+    pub(super) range: std::ops::Range<u64>,
+    pub(super) rate: Option<Arc<RateLimiter>>,
+    pub(super) idle_timeout: Duration,
+    pub(super) clock: Arc<IdleClock>,
+    /// The service's shutdown token: cancelled, the stream ends UNAVAILABLE.
+    pub(super) shutdown: CancellationToken,
+    /// A child of `shutdown`; also cancelled by the watchdog when the client stalls, and by the
+    /// job when it ends (which stops the watchdog).
+    pub(super) stop: CancellationToken,
+    pub(super) runtime: tokio::runtime::Handle,
+    /// Held for the life of the stream.
+    pub(super) _permit: OwnedSemaphorePermit,
+}
+
+pub(super) type Sender = mpsc::Sender<Result<pb::GetBlocksResponse, Status>>;
+
+impl ReadJob {
+    /// Streams the range into `tx`, then the final status if it failed.
+    pub(super) fn run(self, tx: Sender) {
+        let result = self.stream(&tx);
+        // Stop the watchdog and free the stream slot *before* the stream ends (when `tx` drops),
+        // so a client that saw the end can open another stream at once.
+        self.stop.cancel();
+        drop(self);
+        if let Err(status) = result {
+            // `send` always leaves a slot free, so the final status fits even when the client has
+            // stopped reading; if the client is gone, nobody needs it.
+            let _ = tx.try_send(Err(status));
+        }
+    }
+
+    /// Why `stop` fired: shutdown, or a client that stopped reading.
+    fn stopped(&self) -> ServeError {
+        if self.shutdown.is_cancelled() {
+            tracing::debug!(file = %self.file.name, "stream ended: shutting down");
+            ServeError::ShuttingDown
+        } else {
+            tracing::debug!(file = %self.file.name, "stream ended: the client stopped reading");
+            ServeError::Stalled(self.idle_timeout)
+        }
+    }
+
+    /// Queues one message once the upload budget allows it. Waits for *two* free slots and takes
+    /// one, so a slot always stays free for the final status. `Ok(false)`: the client went away.
+    /// Fails when the client has taken nothing for the idle timeout, or on shutdown.
+    fn send(&self, tx: &Sender, message: pb::GetBlocksResponse) -> Result<bool, ServeError> {
+        let reserved = self.runtime.block_on(async {
+            if let Some(rate) = &self.rate {
+                tokio::select! {
+                    biased;
+                    _ = self.stop.cancelled() => return None,
+                    _ = rate.wait(message.data.len()) => {}
+                }
+            }
+            // Only this wait is the client's doing: the idle clock runs during it alone.
+            self.clock.start_waiting();
+            let reserved = tokio::select! {
+                biased;
+                reserved = tx.reserve_many(2) => Some(reserved),
+                _ = self.stop.cancelled() => None,
+            };
+            self.clock.stop_waiting();
+            reserved
+        });
+        match reserved {
+            None => Err(self.stopped()),
+            Some(Err(_)) => Ok(false),
+            Some(Ok(mut permits)) => match permits.next() {
+                Some(permit) => {
+                    permit.send(Ok(message));
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+
+    fn stream(&self, tx: &Sender) -> Result<(), Status> {
+        let message_bytes = MAX_BLOCKS_PER_MESSAGE * BLOCK_SIZE as u64;
+        let mut offset = self.range.start;
+        let mut block = self.first_block;
+        while offset < self.range.end {
+            if self.stop.is_cancelled() {
+                return Err(self.stopped().into());
+            }
+            let len = (self.range.end - offset).min(message_bytes) as usize;
+            let mut buf = BytesMut::zeroed(len);
+            match self.opened.read_exact_at(&mut buf, offset) {
+                Ok(()) => {}
+                // Shorter than when it was shared: not the content the client asked for.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(ServeError::ChangedOnDisk(self.file.name.clone()).into())
+                }
+                Err(e) => return Err(ServeError::Io(e).into()),
+            }
+            let message = pb::GetBlocksResponse {
+                first_block: block,
+                data: buf.freeze(),
+            };
+            if !self.send(tx, message)? {
+                return Ok(()); // The client went away.
+            }
+            offset += len as u64;
+            block += len as u64 / BLOCK_SIZE as u64;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunking::Manifest;
+    use tokio::sync::Semaphore;
+
+    /// A job streaming all of `data` as shared, from a file on disk holding `on_disk`.
+    fn job(
+        dir: &std::path::Path,
+        data: &[u8],
+        on_disk: &[u8],
+        shutdown: CancellationToken,
+    ) -> ReadJob {
+        let path = dir.join("f");
+        std::fs::write(&path, on_disk).unwrap();
+        let manifest = Arc::new(Manifest::of_bytes(data));
+        ReadJob {
+            file: SharedFile {
+                name: "f".into(),
+                path: path.clone(),
+                size: data.len() as u64,
+                mtime_ns: 0,
+                manifest,
+            },
+            opened: std::fs::File::open(&path).unwrap(),
+            first_block: 0,
+            range: 0..data.len() as u64,
+            rate: None,
+            idle_timeout: Duration::from_secs(30),
+            clock: Arc::default(),
+            stop: shutdown.child_token(),
+            shutdown,
+            runtime: tokio::runtime::Handle::current(),
+            _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+        }
+    }
+
+    /// Runs `job` on a blocking thread and returns what its client receives, to the end.
+    async fn received(job: ReadJob) -> Vec<Result<pb::GetBlocksResponse, Status>> {
+        let (tx, mut rx) = mpsc::channel(super::super::READ_AHEAD_MESSAGES + 1);
+        tokio::task::spawn_blocking(move || job.run(tx));
+        let mut all = Vec::new();
+        while let Some(item) = rx.recv().await {
+            all.push(item);
+        }
+        all
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_shorter_than_shared_ends_the_stream_with_data_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 300 * 1024];
+        let all = received(job(
+            dir.path(),
+            &data,
+            &data[..100 * 1024],
+            CancellationToken::new(),
+        ))
+        .await;
+        let (last, before) = all.split_last().unwrap();
+        assert!(
+            before.is_empty(),
+            "the first message already runs past the end"
+        );
+        let status = last.as_ref().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_ends_a_stream_waiting_on_its_client_with_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 64 << 20];
+        let shutdown = CancellationToken::new();
+        let job = job(dir.path(), &data, &data, shutdown.clone());
+        let (tx, mut rx) = mpsc::channel(super::super::READ_AHEAD_MESSAGES + 1);
+        let reader = tokio::task::spawn_blocking(move || job.run(tx));
+        // The client takes one message and stops reading; the reader fills the read-ahead.
+        assert!(rx.recv().await.unwrap().is_ok());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), reader)
+            .await
+            .expect("the reader stops at once")
+            .unwrap();
+        let mut last = None;
+        while let Some(item) = rx.recv().await {
+            last = Some(item);
+        }
+        let status = last.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_ends_a_stream_waiting_for_upload_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 4 << 20];
+        let shutdown = CancellationToken::new();
+        let mut job = job(dir.path(), &data, &data, shutdown.clone());
+        // 1 KiB/s: after the first message (the burst), the next is minutes away.
+        job.rate = Some(Arc::new(RateLimiter::new(1024)));
+        let (tx, mut rx) = mpsc::channel(super::super::READ_AHEAD_MESSAGES + 1);
+        let reader = tokio::task::spawn_blocking(move || job.run(tx));
+        assert!(rx.recv().await.unwrap().is_ok());
+        shutdown.cancel();
+        let next = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("the stream ends at once");
+        let status = next.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        reader.await.unwrap();
+    }
+}
