@@ -28,9 +28,9 @@ pub const MIN_PIECE_SIZE: u32 = 64 * 1024;
 /// Largest piece: 16 MiB (files over 64 GiB get more than [`MAX_PIECES_TARGET`] pieces).
 pub const MAX_PIECE_SIZE: u32 = 16 * 1024 * 1024;
 /// Piece sizes double until a file has at most this many pieces (a 128 KiB manifest).
-pub const MAX_PIECES_TARGET: u64 = 4096;
+pub(crate) const MAX_PIECES_TARGET: u64 = 4096;
 /// Length of a piece hash (a BLAKE3 chaining value) and of a content id.
-pub const HASH_LEN: usize = 32;
+pub(crate) const HASH_LEN: usize = 32;
 
 /// Errors of this module: malformed ids and manifests.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -132,7 +132,7 @@ fn truncate(s: &str) -> String {
 }
 
 /// Checks that `prefix` can be the start of a content id: 1-64 lowercase hex characters.
-pub fn is_content_id_prefix(prefix: &str) -> bool {
+pub(crate) fn is_content_id_prefix(prefix: &str) -> bool {
     !prefix.is_empty()
         && prefix.len() <= 2 * HASH_LEN
         && prefix
@@ -141,7 +141,7 @@ pub fn is_content_id_prefix(prefix: &str) -> bool {
 }
 
 /// Index of a piece within a file.
-pub type PieceIndex = u64;
+pub(crate) type PieceIndex = u64;
 
 /// The block and piece layout of a file of a given size.
 ///
@@ -198,7 +198,7 @@ impl Geometry {
     }
 
     /// Blocks per (full) piece.
-    pub fn blocks_per_piece(&self) -> u64 {
+    pub(crate) fn blocks_per_piece(&self) -> u64 {
         (self.piece_size / BLOCK_SIZE) as u64
     }
 
@@ -241,7 +241,7 @@ impl Geometry {
 
 /// Hash of one piece as it appears in a manifest: the chaining value of the piece as a subtree at
 /// its offset, or, for a file of a single piece, the root hash of the whole file.
-pub fn piece_hash(geometry: &Geometry, piece: PieceIndex, data: &[u8]) -> [u8; HASH_LEN] {
+pub(crate) fn piece_hash(geometry: &Geometry, piece: PieceIndex, data: &[u8]) -> [u8; HASH_LEN] {
     if geometry.piece_count() == 1 {
         return *blake3::hash(data).as_bytes();
     }
@@ -308,7 +308,7 @@ impl Manifest {
 
     /// Hashes everything `reader` yields (exactly `size` bytes expected) into a manifest.
     /// Returns an error if the reader fails or yields a different number of bytes.
-    pub fn from_reader(mut reader: impl Read, size: u64) -> std::io::Result<Self> {
+    pub(crate) fn from_reader(mut reader: impl Read, size: u64) -> std::io::Result<Self> {
         let geometry = Geometry::for_size(size);
         let mut piece_hashes = Vec::with_capacity(geometry.piece_count() as usize);
         let mut buf = vec![0u8; geometry.piece_size() as usize];

@@ -86,7 +86,7 @@ fn emit(text: &[u8]) {
 
 /// A `tracing` writer: buffers one record and emits it whole.
 #[derive(Default)]
-pub struct LogWriter(Vec<u8>);
+pub(crate) struct LogWriter(Vec<u8>);
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -116,7 +116,7 @@ pub(crate) struct ProgressDisplay {
 
 impl ProgressDisplay {
     /// Starts showing `items` (summed) under `label` in `mode`. Must be called inside a runtime.
-    pub fn start(label: String, items: Vec<Arc<Progress>>, mode: ProgressMode) -> Self {
+    pub(crate) fn start(label: String, items: Vec<Arc<Progress>>, mode: ProgressMode) -> Self {
         if mode == ProgressMode::Off {
             return ProgressDisplay {
                 stop: None,
@@ -190,7 +190,7 @@ impl ProgressDisplay {
     }
 
     /// Stops and clears the display.
-    pub async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

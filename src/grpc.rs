@@ -63,17 +63,18 @@ mod middleware;
 mod security;
 mod server;
 
-pub use client::{channel, error_chain, ClientChannel, CONNECT_TIMEOUT};
+pub(crate) use client::error_chain;
+pub use client::{channel, ClientChannel};
 pub use middleware::{ClearLimits, SwarmKeyInterceptor};
+pub(crate) use security::TLS_HANDSHAKE_TIMEOUT;
 pub use security::{
     ClientSecurity, SecurityError, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa,
-    MAX_SWARM_KEY_LEN, SWARM_KEY_ENV, SWARM_KEY_HEADER, TLS_HANDSHAKE_TIMEOUT,
 };
-pub use server::{serve_with, serve_with_security, ServerLimits, ServiceKind, FILE_DESCRIPTOR_SET};
+pub use server::{serve_with, serve_with_security, ServerLimits, ServiceKind};
 
 /// HTTP/2 frame size both sides accept: 1 MiB frames move bulk data with far fewer frames (and
 /// syscalls) than the 16 KiB default; measured ~2x on loopback streaming.
-pub const MAX_FRAME_SIZE: u32 = 1 << 20;
+pub(crate) const MAX_FRAME_SIZE: u32 = 1 << 20;
 /// Largest gRPC message accepted, either way. A `GetBlocks` message carries at most
 /// [`crate::peer::server::MAX_BLOCKS_PER_MESSAGE`] blocks, far below this.
 pub const MAX_MESSAGE_SIZE: usize = 4 << 20;

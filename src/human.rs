@@ -23,7 +23,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// Throughput in MB/s (10^6 bytes per second), as the CSV records it.
-pub fn mb_per_sec(bytes: u64, elapsed: Duration) -> f64 {
+pub(crate) fn mb_per_sec(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
 }
 
@@ -34,7 +34,7 @@ pub fn rate(bytes: u64, elapsed: Duration) -> String {
 }
 
 /// A duration with sensible precision: `"12 ms"`, `"1.25 s"`.
-pub fn duration(d: Duration) -> String {
+pub(crate) fn duration(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{:.1} ms", d.as_secs_f64() * 1e3)
     } else {

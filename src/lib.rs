@@ -2,11 +2,17 @@
 //!
 //! A [`tracker`] knows which live peers hold which files; each [`peer`] serves its shared folder
 //! over gRPC and downloads from every holder at once, verifying every piece against the file's
-//! BLAKE3 content id ([`chunking`]). [`bench`] measures it.
+//! BLAKE3 content id ([`chunking`]). [`grpc`] is the plumbing both sides share.
+//!
+//! The public API is what the binaries (`tracker`, `peer`, `swarm-demo`, `p2pshare-bench`) and
+//! the integration tests use; everything else is `pub(crate)`. `docs/architecture.md` maps the
+//! modules, the data flow of a `get` and of `Register`/`WhoHas`, the invariants and the lock
+//! order.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
-pub mod bench;
+pub(crate) mod bench;
 pub mod chunking;
 pub mod cli;
 pub mod console;
@@ -14,7 +20,7 @@ pub mod grpc;
 pub mod human;
 pub mod names;
 pub mod peer;
-pub mod progress;
+pub(crate) mod progress;
 pub mod tracker;
 
 /// Code generated from `proto/` by `build.rs`.

@@ -2,9 +2,9 @@
 //! component inside a shared folder) and peer ids.
 
 /// Longest file name accepted, in bytes (the common file-system limit).
-pub const MAX_FILE_NAME_BYTES: usize = 255;
+pub(crate) const MAX_FILE_NAME_BYTES: usize = 255;
 /// Longest peer id accepted, in bytes.
-pub const MAX_PEER_ID_BYTES: usize = 64;
+pub(crate) const MAX_PEER_ID_BYTES: usize = 64;
 
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,7 +60,7 @@ fn is_bidi_control(c: char) -> bool {
 /// Accepts a file name that is exactly one path component: no `/`, `\`, NUL or control
 /// characters, no bidirectional-text controls, not `.` or `..`, at most [`MAX_FILE_NAME_BYTES`]
 /// bytes.
-pub fn validate_file_name(name: &str) -> Result<(), NameError> {
+pub(crate) fn validate_file_name(name: &str) -> Result<(), NameError> {
     const WHAT: &str = "file name";
     if name.is_empty() {
         return Err(NameError::Empty { what: WHAT });

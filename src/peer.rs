@@ -8,11 +8,13 @@
 //! and is bounded: a client that stops reading cannot hold it up.
 
 pub mod download;
-pub mod schedule;
+pub(crate) mod schedule;
 pub mod server;
 pub mod shell;
 pub mod store;
-pub mod tracker_link;
+pub(crate) mod tracker_link;
+
+pub use tracker_link::TrackerLinkError;
 mod watch;
 
 use crate::grpc::{ClientSecurity, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa};
@@ -28,7 +30,7 @@ use tokio::net::TcpListener;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracker_link::{TrackerLink, TrackerLinkError};
+use tracker_link::TrackerLink;
 
 /// Errors starting a peer.
 #[derive(Debug, thiserror::Error)]
@@ -249,7 +251,7 @@ impl PeerNode {
     }
 
     /// The tracker link.
-    pub fn tracker(&self) -> &TrackerLink {
+    pub(crate) fn tracker(&self) -> &TrackerLink {
         &self.tracker
     }
 
@@ -287,7 +289,7 @@ impl PeerNode {
     }
 
     /// Announces a file the peer now holds.
-    pub async fn announce(&self, file: &SharedFile) -> Result<(), TrackerLinkError> {
+    pub(crate) async fn announce(&self, file: &SharedFile) -> Result<(), TrackerLinkError> {
         self.tracker.announce(entry(file)).await
     }
 

@@ -15,11 +15,8 @@ mod error;
 mod registry;
 mod service;
 
-pub use error::TrackerError;
-pub use registry::{
-    CheckedFile, Registered, Registry, MAX_FILES_PER_PEER, MISSED_HEARTBEATS_BEFORE_DROP,
-};
-pub use service::TrackerService;
+pub(crate) use error::TrackerError;
+pub(crate) use service::TrackerService;
 
 use crate::grpc::ServerSecurity;
 use crate::pb::tracker::tracker_server::TrackerServer;
@@ -30,7 +27,7 @@ use tokio::net::TcpListener;
 /// Largest request the tracker decodes (a `Register` with a full catalog is the big one: this
 /// fits about 12 000 files of 255-byte names, 40 000 of 30-byte ones). Larger requests get
 /// RESOURCE_EXHAUSTED before any of them is read into memory.
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+pub(crate) const MAX_REQUEST_BYTES: usize = 4 << 20;
 
 /// Configuration of a tracker server.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 /// How long a client waits for a TCP connection before giving up on a host.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A lazily connecting plaintext channel to `address` (`host:port`), tuned for bulk streaming,
 /// sending no swarm key. For a private swarm use [`ClientSecurity::channel`].
@@ -114,7 +114,7 @@ impl ClientSecurity {
 
 /// An error with its causes, `outer: inner: innermost` (tonic's transport errors say little at
 /// the top).
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -11,14 +11,14 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Metadata key that carries the swarm key on every call.
-pub const SWARM_KEY_HEADER: &str = "x-p2pshare-swarm-key";
+pub(crate) const SWARM_KEY_HEADER: &str = "x-p2pshare-swarm-key";
 /// Environment variable the binaries read the swarm key from (when `--swarm-key` is not given).
-pub const SWARM_KEY_ENV: &str = "P2PSHARE_SWARM_KEY";
+pub(crate) const SWARM_KEY_ENV: &str = "P2PSHARE_SWARM_KEY";
 /// Longest swarm key accepted (it travels in every call's headers).
-pub const MAX_SWARM_KEY_LEN: usize = 1024;
+pub(crate) const MAX_SWARM_KEY_LEN: usize = 1024;
 /// Deadline of a TLS handshake, on the server (a client that connects and never finishes its
 /// handshake is dropped) and on the client.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors in security settings: a malformed swarm key, an unreadable or invalid PEM file.
 #[derive(Debug, thiserror::Error)]

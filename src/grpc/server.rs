@@ -11,7 +11,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 
 /// The encoded `FileDescriptorSet` of `proto/*.proto`, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
+pub(crate) const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/p2pshare_descriptor.bin"));
 
 /// Limits a server applies to every connection it accepts. See the module documentation.

@@ -26,7 +26,7 @@ mod version;
 mod worker;
 
 pub use crate::progress::Progress;
-pub use partial::ActiveDownloads;
+pub(crate) use partial::ActiveDownloads;
 pub use request::{Destination, DownloadError, DownloadReport, DownloadRequest, HolderReport};
 
 use crate::chunking::ContentId;
@@ -45,9 +45,9 @@ use worker::Transfer;
 
 /// Concurrent `GetBlocks` streams per holder: two keep a holder busy while the other stream's
 /// request is on its way.
-pub const STREAMS_PER_HOLDER: usize = 2;
+pub(crate) const STREAMS_PER_HOLDER: usize = 2;
 /// A holder that sends nothing for this long is given up on (its units go to others).
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the record of verified pieces is saved during a download.
 const SAVE_PROGRESS_EVERY: Duration = Duration::from_millis(500);
 

@@ -12,11 +12,11 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 /// Index of a holder within one download.
-pub type HolderIndex = usize;
+pub(crate) type HolderIndex = usize;
 
 /// A unit handed to a holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assignment {
+pub(crate) struct Assignment {
     /// Identifies the assignment for [`Scheduler::release`].
     pub id: u64,
     /// The pieces to fetch, contiguous.
@@ -25,7 +25,7 @@ pub struct Assignment {
 
 /// What a worker should do next.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Fetch these pieces.
     Fetch(Assignment),
     /// Nothing to do now, but pieces are in flight elsewhere and may come back: wait for a change.
@@ -43,7 +43,7 @@ struct InFlight {
 
 /// Scheduling state of one download.
 #[derive(Debug)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     done: Vec<bool>,
     remaining: u64,
     queue: VecDeque<Range<PieceIndex>>,
@@ -53,7 +53,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Schedules the pieces not yet `done`, in units of at most `unit_pieces` pieces.
-    pub fn new(done: Vec<bool>, unit_pieces: u64) -> Self {
+    pub(crate) fn new(done: Vec<bool>, unit_pieces: u64) -> Self {
         let unit_pieces = unit_pieces.max(1);
         let mut queue = VecDeque::new();
         let mut start = None;
@@ -84,18 +84,18 @@ impl Scheduler {
 
     /// The unit size p2pshare uses: small enough that every holder gets several units (so
     /// dynamic balancing works), large enough that per-request costs vanish (at most 4 MiB).
-    pub fn unit_pieces(piece_count: u64, piece_size: u32, holders: usize) -> u64 {
+    pub(crate) fn unit_pieces(piece_count: u64, piece_size: u32, holders: usize) -> u64 {
         let max_by_bytes = ((4u64 << 20) / piece_size as u64).max(1);
         (piece_count / (holders.max(1) as u64 * 8)).clamp(1, max_by_bytes)
     }
 
     /// Pieces not yet verified.
-    pub fn remaining(&self) -> u64 {
+    pub(crate) fn remaining(&self) -> u64 {
         self.remaining
     }
 
     /// True once piece `piece` is verified.
-    pub fn is_done(&self, piece: PieceIndex) -> bool {
+    pub(crate) fn is_done(&self, piece: PieceIndex) -> bool {
         self.done[piece as usize]
     }
 
@@ -118,7 +118,7 @@ impl Scheduler {
     }
 
     /// The next unit for `holder`.
-    pub fn next(&mut self, holder: HolderIndex) -> Next {
+    pub(crate) fn next(&mut self, holder: HolderIndex) -> Next {
         if self.remaining == 0 {
             return Next::Done;
         }
@@ -158,7 +158,7 @@ impl Scheduler {
     }
 
     /// Records a verified piece. Returns false if it was already done (a duplicate in endgame).
-    pub fn complete(&mut self, piece: PieceIndex) -> bool {
+    pub(crate) fn complete(&mut self, piece: PieceIndex) -> bool {
         let slot = &mut self.done[piece as usize];
         if *slot {
             return false;
@@ -170,7 +170,7 @@ impl Scheduler {
 
     /// Ends an assignment, finished or failed. Pieces of it not done and not in flight elsewhere
     /// go back to the front of the queue.
-    pub fn release(&mut self, id: u64) {
+    pub(crate) fn release(&mut self, id: u64) {
         let Some(pos) = self.in_flight.iter().position(|f| f.id == id) else {
             return;
         };

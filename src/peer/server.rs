@@ -50,21 +50,21 @@ use tracing::Instrument;
 
 /// Most blocks in one `GetBlocks` message (256 KiB): large enough that per-message costs vanish,
 /// small enough to keep the pipeline moving.
-pub const MAX_BLOCKS_PER_MESSAGE: u64 = 64;
+pub(crate) const MAX_BLOCKS_PER_MESSAGE: u64 = 64;
 /// Messages buffered per stream ahead of the network (read-ahead).
-pub const READ_AHEAD_MESSAGES: usize = 4;
+pub(crate) const READ_AHEAD_MESSAGES: usize = 4;
 /// Default cap on concurrent `GetBlocks` streams served by one peer.
 pub const DEFAULT_MAX_STREAMS: usize = 128;
 /// A `GetBlocks` stream whose client takes none of the read-ahead for this long is ended (and its
 /// slot freed).
-pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request message the Peer service decodes: requests are a few hundred bytes.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Errors of the Peer service. Each becomes a gRPC status with its own code (see the `From` impl
 /// below), so clients in any language can act on it.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub(crate) enum ServeError {
     /// A malformed name.
     #[error(transparent)]
     BadName(#[from] NameError),
@@ -144,7 +144,7 @@ impl PeerService {
 
     /// Ends every `GetBlocks` stream in flight (UNAVAILABLE, "peer shutting down") once `token`
     /// is cancelled, and refuses new ones the same way. Default: streams run to their end.
-    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+    pub(crate) fn with_shutdown(mut self, token: CancellationToken) -> Self {
         self.shutdown = token;
         self
     }

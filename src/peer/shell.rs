@@ -15,7 +15,8 @@ mod parse;
 mod render;
 
 pub use commands::{execute, Outcome};
-pub use parse::{parse, Command, DEFAULT_BENCH_RUNS, DEFAULT_STRESS_THREADS, HELP, MAX_REPEAT};
+pub(crate) use parse::HELP;
+pub use parse::{parse, Command};
 
 use crate::console::ProgressMode;
 use crate::peer::PeerNode;

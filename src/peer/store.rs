@@ -291,14 +291,14 @@ impl Store {
     }
 
     /// Saves the hash cache if it changed since the last save.
-    pub fn flush_cache(&self) {
+    pub(crate) fn flush_cache(&self) {
         self.cache.flush();
     }
 
     /// Moves a complete, verified, fsynced download from `partial` into `files/<name>` without
     /// ever replacing a different file, and starts sharing it. If `files/<name>` already holds the
     /// same content, the partial file is just removed.
-    pub fn adopt(
+    pub(crate) fn adopt(
         &self,
         partial: &Path,
         name: &str,
@@ -386,7 +386,7 @@ impl<R: Read> Read for StopAware<'_, R> {
 }
 
 /// Seconds since the epoch, for CSV rows and logs.
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

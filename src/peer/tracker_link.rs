@@ -12,7 +12,7 @@ use tonic::{Code, Status};
 use tracing::Instrument;
 
 /// Deadline of one call to the tracker.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors talking to the tracker.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,7 @@ impl TrackerLinkError {
 
 /// What a successful registration gave us.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     /// Token for authenticated calls.
     pub token: String,
     /// Heartbeat interval the tracker asked for.
@@ -56,7 +56,7 @@ pub struct Session {
 
 /// The link to the tracker.
 #[derive(Debug)]
-pub struct TrackerLink {
+pub(crate) struct TrackerLink {
     address: String,
     client: TrackerClient<ClientChannel>,
     security: ClientSecurity,
@@ -69,7 +69,7 @@ pub struct TrackerLink {
 impl TrackerLink {
     /// A link to the tracker at `address` (`host:port`) for peer `peer_id` serving on `port`,
     /// connecting (TLS, swarm key) as `security` says.
-    pub fn new(
+    pub(crate) fn new(
         address: &str,
         peer_id: &str,
         port: u16,
@@ -93,13 +93,8 @@ impl TrackerLink {
         })
     }
 
-    /// The tracker's address.
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-
     /// The current session, if registered.
-    pub fn session(&self) -> Option<Session> {
+    pub(crate) fn session(&self) -> Option<Session> {
         self.session
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -149,7 +144,10 @@ impl TrackerLink {
     }
 
     /// Registers with the full catalog `files`; remembers the session.
-    pub async fn register(&self, files: Vec<pb::FileEntry>) -> Result<Session, TrackerLinkError> {
+    pub(crate) async fn register(
+        &self,
+        files: Vec<pb::FileEntry>,
+    ) -> Result<Session, TrackerLinkError> {
         let previous = self.session().map(|s| s.token).unwrap_or_default();
         let request = pb::RegisterRequest {
             peer_id: self.peer_id.clone(),
@@ -171,7 +169,7 @@ impl TrackerLink {
     }
 
     /// Heartbeats. `Err(NotRegistered)` means: register again (the tracker forgot us).
-    pub async fn heartbeat(&self) -> Result<(), TrackerLinkError> {
+    pub(crate) async fn heartbeat(&self) -> Result<(), TrackerLinkError> {
         let request = pb::HeartbeatRequest {
             peer_id: self.peer_id.clone(),
             session_token: self.token()?,
@@ -201,7 +199,7 @@ impl TrackerLink {
     }
 
     /// Announces a file (NEW_FILE).
-    pub async fn announce(&self, file: pb::FileEntry) -> Result<(), TrackerLinkError> {
+    pub(crate) async fn announce(&self, file: pb::FileEntry) -> Result<(), TrackerLinkError> {
         let request = pb::AnnounceFileRequest {
             peer_id: self.peer_id.clone(),
             session_token: self.token()?,
@@ -215,7 +213,7 @@ impl TrackerLink {
     }
 
     /// Withdraws a file.
-    pub async fn withdraw(&self, name: &str) -> Result<(), TrackerLinkError> {
+    pub(crate) async fn withdraw(&self, name: &str) -> Result<(), TrackerLinkError> {
         let request = pb::WithdrawFileRequest {
             peer_id: self.peer_id.clone(),
             session_token: self.token()?,
@@ -229,7 +227,7 @@ impl TrackerLink {
     }
 
     /// Leaves the swarm (if registered).
-    pub async fn leave(&self) -> Result<(), TrackerLinkError> {
+    pub(crate) async fn leave(&self) -> Result<(), TrackerLinkError> {
         let request = pb::LeaveRequest {
             peer_id: self.peer_id.clone(),
             session_token: self.token()?,
@@ -243,7 +241,7 @@ impl TrackerLink {
     }
 
     /// Versions of a file and their holders.
-    pub async fn who_has(
+    pub(crate) async fn who_has(
         &self,
         name: &str,
         content_id_prefix: &str,
@@ -258,7 +256,7 @@ impl TrackerLink {
     }
 
     /// Live peers.
-    pub async fn peers(&self) -> Result<Vec<pb::PeerSummary>, TrackerLinkError> {
+    pub(crate) async fn peers(&self) -> Result<Vec<pb::PeerSummary>, TrackerLinkError> {
         self.call("ListPeers", |mut c| async move {
             c.list_peers(pb::ListPeersRequest {}).await
         })
@@ -267,7 +265,7 @@ impl TrackerLink {
     }
 
     /// Every file in the swarm.
-    pub async fn files(&self) -> Result<Vec<pb::FileSummary>, TrackerLinkError> {
+    pub(crate) async fn files(&self) -> Result<Vec<pb::FileSummary>, TrackerLinkError> {
         self.call("ListFiles", |mut c| async move {
             c.list_files(pb::ListFilesRequest {}).await
         })

@@ -6,7 +6,7 @@ use tonic::Status;
 
 /// Errors of the registry, answered to the caller as the [`Status`] its `From` impl gives.
 #[derive(Debug, thiserror::Error)]
-pub enum TrackerError {
+pub(crate) enum TrackerError {
     /// A malformed name in a request.
     #[error(transparent)]
     BadName(#[from] NameError),

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// A peer silent for this many heartbeat intervals is dropped.
-pub const MISSED_HEARTBEATS_BEFORE_DROP: u32 = 3;
+pub(crate) const MISSED_HEARTBEATS_BEFORE_DROP: u32 = 3;
 /// Most files one peer may have in its catalog: the registry's memory per peer is bounded.
 /// Registering or announcing past it is refused with RESOURCE_EXHAUSTED.
-pub const MAX_FILES_PER_PEER: usize = 100_000;
+pub(crate) const MAX_FILES_PER_PEER: usize = 100_000;
 
 /// A file as the registry knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +43,7 @@ type VersionKey = (ContentId, u64);
 /// Who is alive and who holds what. Synchronous; the caller passes `now` so that tests control
 /// time.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     heartbeat_interval: Duration,
     peers: HashMap<String, PeerRecord>,
     /// name -> (content id, size) -> holders. Kept in step with `peers` so `WhoHas` costs the
@@ -53,7 +53,7 @@ pub struct Registry {
 
 /// A registration accepted by [`Registry::register`].
 #[derive(Debug, Clone)]
-pub struct Registered {
+pub(crate) struct Registered {
     /// The session token.
     pub token: String,
     /// The address others will be given.
@@ -62,7 +62,7 @@ pub struct Registered {
 
 /// A file in a request, checked.
 #[derive(Debug, Clone)]
-pub struct CheckedFile {
+pub(crate) struct CheckedFile {
     name: String,
     record: FileRecord,
 }
@@ -94,7 +94,7 @@ impl TryFrom<pb::FileEntry> for CheckedFile {
 
 impl Registry {
     /// An empty registry whose peers must heartbeat every `heartbeat_interval`.
-    pub fn new(heartbeat_interval: Duration) -> Self {
+    pub(super) fn new(heartbeat_interval: Duration) -> Self {
         Registry {
             heartbeat_interval,
             peers: HashMap::new(),
@@ -103,7 +103,7 @@ impl Registry {
     }
 
     /// The heartbeat interval peers are told.
-    pub fn heartbeat_interval(&self) -> Duration {
+    pub(super) fn heartbeat_interval(&self) -> Duration {
         self.heartbeat_interval
     }
 
@@ -119,7 +119,7 @@ impl Registry {
     /// that port). A restart gets a fresh token, never the old one: an address can be claimed
     /// (`advertise_host`), so it must not be enough to learn a live peer's token.
     /// `observed_ip` is where the request came from, if known.
-    pub fn register(
+    pub(super) fn register(
         &mut self,
         peer_id: &str,
         address: String,
@@ -187,7 +187,7 @@ impl Registry {
     }
 
     /// Records that a peer is alive.
-    pub fn heartbeat(
+    pub(super) fn heartbeat(
         &mut self,
         peer_id: &str,
         token: &str,
@@ -197,7 +197,7 @@ impl Registry {
     }
 
     /// Adds (or replaces, by name) a file in a peer's catalog.
-    pub fn announce(
+    pub(crate) fn announce(
         &mut self,
         peer_id: &str,
         token: &str,
@@ -213,7 +213,7 @@ impl Registry {
     }
 
     /// Removes a file from a peer's catalog (no error if it was not there).
-    pub fn withdraw(
+    pub(crate) fn withdraw(
         &mut self,
         peer_id: &str,
         token: &str,
@@ -229,14 +229,19 @@ impl Registry {
     }
 
     /// Drops a peer at once.
-    pub fn leave(&mut self, peer_id: &str, token: &str, now: Instant) -> Result<(), TrackerError> {
+    pub(super) fn leave(
+        &mut self,
+        peer_id: &str,
+        token: &str,
+        now: Instant,
+    ) -> Result<(), TrackerError> {
         self.authenticate(peer_id, token, now)?;
         self.remove_peer(peer_id);
         Ok(())
     }
 
     /// Drops every peer not heard from within the expiry; returns their ids.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<String> {
         let expiry = self.expiry();
         let dead: Vec<String> = self
             .peers
@@ -252,7 +257,7 @@ impl Registry {
 
     /// The versions of `name` (optionally only content ids starting with `prefix`) with their live
     /// holders, most holders first.
-    pub fn who_has(
+    pub(super) fn who_has(
         &self,
         name: &str,
         prefix: &str,
@@ -306,7 +311,7 @@ impl Registry {
     }
 
     /// Live peers, sorted by id.
-    pub fn peers(&self, now: Instant) -> Vec<pb::PeerSummary> {
+    pub(super) fn peers(&self, now: Instant) -> Vec<pb::PeerSummary> {
         let mut peers: Vec<pb::PeerSummary> = self
             .peers
             .iter()
@@ -327,7 +332,7 @@ impl Registry {
     }
 
     /// Every version offered by a live peer, sorted by name then content id.
-    pub fn files(&self, now: Instant) -> Vec<pb::FileSummary> {
+    pub(super) fn files(&self, now: Instant) -> Vec<pb::FileSummary> {
         let alive = |id: &String| {
             self.peers
                 .get(id)

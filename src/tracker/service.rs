@@ -17,13 +17,13 @@ use tracing::{field, Instrument, Span};
 
 /// The gRPC Tracker service over a shared [`Registry`].
 #[derive(Clone)]
-pub struct TrackerService {
+pub(crate) struct TrackerService {
     registry: Arc<Mutex<Registry>>,
 }
 
 impl TrackerService {
     /// A service over a fresh registry.
-    pub fn new(config: &TrackerConfig) -> Self {
+    pub(crate) fn new(config: &TrackerConfig) -> Self {
         TrackerService {
             registry: Arc::new(Mutex::new(Registry::new(config.heartbeat_interval))),
         }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 /// Content ids with a resumable download in progress in this process: a second concurrent `get`
 /// of the same content uses its own scratch partial file instead of sharing one.
 #[derive(Debug, Default)]
-pub struct ActiveDownloads(Mutex<HashSet<ContentId>>);
+pub(crate) struct ActiveDownloads(Mutex<HashSet<ContentId>>);
 
 /// The right to use a content id's resumable partial file, until dropped.
 pub(super) struct Claim<'a> {

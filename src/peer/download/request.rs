@@ -135,7 +135,7 @@ pub struct DownloadReport {
 
 impl DownloadReport {
     /// Throughput of this run in MB/s (10^6 bytes), over the bytes fetched.
-    pub fn mb_per_sec(&self) -> f64 {
+    pub(crate) fn mb_per_sec(&self) -> f64 {
         self.fetched as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }

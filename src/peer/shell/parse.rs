@@ -51,14 +51,14 @@ pub enum Command {
 }
 
 /// Default number of `bench` runs.
-pub const DEFAULT_BENCH_RUNS: u32 = 5;
+pub(crate) const DEFAULT_BENCH_RUNS: u32 = 5;
 /// Default number of parallel `stress` downloads.
-pub const DEFAULT_STRESS_THREADS: u32 = 10;
+pub(crate) const DEFAULT_STRESS_THREADS: u32 = 10;
 /// Upper bound on `bench` runs and `stress` threads: a typo must not start a million downloads.
-pub const MAX_REPEAT: u32 = 1000;
+pub(crate) const MAX_REPEAT: u32 = 1000;
 
 /// The commands, their usage and a one-line description.
-pub const HELP: &[(&str, &str, &str)] = &[
+pub(crate) const HELP: &[(&str, &str, &str)] = &[
     (
         "get",
         "get <file>[@<id>]",
