@@ -330,7 +330,7 @@ impl PeerNode {
         }
     }
 
-    /// Leaves the tracker and stops serving, letting streams in flight drain. Idempotent.
+    /// Leaves the tracker and stops serving: uploads and downloads in flight end at once. Idempotent.
     ///
     /// Bounded (about 1.5 s at most), whatever clients and holders do: `Leave` gets a short
     /// deadline; then everything is cancelled at once: uploads in flight end with UNAVAILABLE,
