@@ -1,0 +1,267 @@
+//! The holders one download knows of, and which of them it may contact: pure and synchronous.
+//!
+//! Holders are learned from the tracker (at the start and on every refresh) and from other
+//! holders (peer exchange). The set is bounded ([`MAX_KNOWN_HOLDERS`]); the download connects to
+//! a bounded number of them at a time, picked at random among those it may contact, so that a
+//! long list of dead entries costs little and a crowd spreads over its holders. A holder that
+//! failed or stalled is retried after an exponential backoff; one that sent corrupt data is never
+//! contacted again by this download.
+
+use rand::seq::IteratorRandom;
+use rand::Rng;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Most holders one download remembers. Past it, newly learned holders are dropped: the list
+/// from a hostile tracker or peer cannot grow memory without bound.
+pub const MAX_KNOWN_HOLDERS: usize = 16_384;
+/// Backoff after a holder's first failure; doubled for each further one in a row.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest backoff.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// Where a holder stands with this download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// May be contacted.
+    Idle,
+    /// Being contacted or connected now.
+    Connected,
+    /// Failed or stalled; may be contacted again after this instant.
+    Backoff(Instant),
+    /// Sent corrupt data: never again.
+    Banned,
+}
+
+/// How a connection to a holder ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It had nothing more for us, or the download finished: contact again freely.
+    Fine,
+    /// It refused for now (busy, choked): retry after the first backoff, not counted as a failure.
+    Busy,
+    /// It failed, timed out or stalled: retry after a growing backoff.
+    Failed,
+    /// It sent corrupt data: never again.
+    Corrupt,
+}
+
+/// One known holder.
+#[derive(Debug, Clone)]
+pub struct Known {
+    /// Where its Peer service listens (`host:port`), as last learned.
+    pub address: String,
+    /// Whether it was last said to hold only part of the file.
+    pub partial: bool,
+    /// Its standing.
+    pub standing: Standing,
+    failures: u32,
+}
+
+/// The holders a download knows.
+#[derive(Debug, Default)]
+pub struct KnownHolders {
+    holders: HashMap<String, Known>,
+}
+
+impl KnownHolders {
+    /// Learns (or refreshes the address of) a holder. Returns true if it is new. A banned holder
+    /// stays banned whatever its address; a full set takes no new holders.
+    pub fn learn(&mut self, peer_id: &str, address: &str, partial: bool) -> bool {
+        if let Some(known) = self.holders.get_mut(peer_id) {
+            if known.standing != Standing::Connected {
+                known.address = address.to_string();
+            }
+            known.partial = partial;
+            return false;
+        }
+        if self.holders.len() >= MAX_KNOWN_HOLDERS {
+            return false;
+        }
+        self.holders.insert(
+            peer_id.to_string(),
+            Known {
+                address: address.to_string(),
+                partial,
+                standing: Standing::Idle,
+                failures: 0,
+            },
+        );
+        true
+    }
+
+    /// How many holders are known.
+    pub fn len(&self) -> usize {
+        self.holders.len()
+    }
+
+    /// True when none are known.
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty()
+    }
+
+    /// A known holder.
+    pub fn get(&self, peer_id: &str) -> Option<&Known> {
+        self.holders.get(peer_id)
+    }
+
+    /// How many are connected (or being contacted).
+    pub fn connected(&self) -> usize {
+        self.holders
+            .values()
+            .filter(|k| k.standing == Standing::Connected)
+            .count()
+    }
+
+    fn contactable(known: &Known, now: Instant) -> bool {
+        match known.standing {
+            Standing::Idle => true,
+            Standing::Backoff(until) => until <= now,
+            Standing::Connected | Standing::Banned => false,
+        }
+    }
+
+    /// Up to `n` holders to contact now, chosen at random among those that may be contacted;
+    /// they count as connected until [`KnownHolders::disconnected`].
+    pub fn take(&mut self, n: usize, now: Instant, rng: &mut impl Rng) -> Vec<(String, String)> {
+        let chosen: Vec<String> = self
+            .holders
+            .iter()
+            .filter(|(_, k)| Self::contactable(k, now))
+            .map(|(id, _)| id.clone())
+            .choose_multiple(rng, n);
+        chosen
+            .into_iter()
+            .filter_map(|id| {
+                let known = self.holders.get_mut(&id)?;
+                known.standing = Standing::Connected;
+                Some((id, known.address.clone()))
+            })
+            .collect()
+    }
+
+    /// Records how a connection ended.
+    pub fn disconnected(&mut self, peer_id: &str, outcome: Outcome, now: Instant) {
+        let Some(known) = self.holders.get_mut(peer_id) else {
+            return;
+        };
+        known.standing = match outcome {
+            Outcome::Fine => {
+                known.failures = 0;
+                Standing::Idle
+            }
+            Outcome::Busy => Standing::Backoff(now + FIRST_BACKOFF),
+            Outcome::Failed => {
+                let backoff = FIRST_BACKOFF
+                    .saturating_mul(1 << known.failures.min(16))
+                    .min(MAX_BACKOFF);
+                known.failures += 1;
+                Standing::Backoff(now + backoff)
+            }
+            Outcome::Corrupt => Standing::Banned,
+        };
+    }
+
+    /// Marks a connected holder as having delivered verified data: its failure count restarts.
+    pub fn delivered(&mut self, peer_id: &str) {
+        if let Some(known) = self.holders.get_mut(peer_id) {
+            known.failures = 0;
+        }
+    }
+
+    /// When the next holder in backoff may be contacted, if any is waiting and none is
+    /// contactable now.
+    pub fn next_retry(&self, now: Instant) -> Option<Instant> {
+        if self.holders.values().any(|k| Self::contactable(k, now)) {
+            return Some(now);
+        }
+        self.holders
+            .values()
+            .filter_map(|k| match k.standing {
+                Standing::Backoff(until) => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// True if every known holder sent corrupt data (or none is known).
+    pub fn all_banned(&self) -> bool {
+        self.holders.values().all(|k| k.standing == Standing::Banned)
+    }
+
+    /// Up to `n` holders that are not banned, at random: what this download tells others in
+    /// peer exchange.
+    pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Vec<(String, Known)> {
+        self.holders
+            .iter()
+            .filter(|(_, k)| k.standing != Standing::Banned)
+            .map(|(id, k)| (id.clone(), k.clone()))
+            .choose_multiple(rng, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn contact_is_bounded_random_and_backs_off() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut known = KnownHolders::default();
+        for i in 0..100 {
+            assert!(known.learn(&format!("p{i}"), &format!("10.0.0.{i}:1"), false));
+        }
+        assert!(!known.learn("p1", "10.9.9.9:1", true));
+        assert_eq!(known.get("p1").unwrap().address, "10.9.9.9:1");
+        let t0 = Instant::now();
+        let first = known.take(8, t0, &mut rng);
+        assert_eq!(first.len(), 8);
+        assert_eq!(known.connected(), 8);
+        let second = known.take(8, t0, &mut rng);
+        assert!(second.iter().all(|(id, _)| !first.iter().any(|(f, _)| f == id)));
+
+        let (failing, _) = &first[0];
+        known.disconnected(failing, Outcome::Failed, t0);
+        assert!(matches!(
+            known.get(failing).unwrap().standing,
+            Standing::Backoff(_)
+        ));
+        // Take everything contactable now: the failing one is not among them.
+        let rest = known.take(1000, t0, &mut rng);
+        assert!(rest.iter().all(|(id, _)| id != failing));
+        assert_eq!(known.next_retry(t0), Some(t0 + FIRST_BACKOFF));
+        let later = t0 + FIRST_BACKOFF;
+        assert_eq!(known.take(10, later, &mut rng).len(), 1);
+        // A second failure in a row doubles the wait.
+        known.disconnected(failing, Outcome::Failed, later);
+        assert_eq!(known.next_retry(later), Some(later + FIRST_BACKOFF * 2));
+    }
+
+    #[test]
+    fn corrupt_holders_are_never_contacted_again() {
+        let mut rng = SmallRng::seed_from_u64(6);
+        let mut known = KnownHolders::default();
+        known.learn("liar", "1.1.1.1:1", false);
+        let now = Instant::now();
+        assert_eq!(known.take(1, now, &mut rng).len(), 1);
+        known.disconnected("liar", Outcome::Corrupt, now);
+        known.learn("liar", "2.2.2.2:2", false);
+        assert!(known.all_banned());
+        assert!(known
+            .take(1, now + Duration::from_secs(3600), &mut rng)
+            .is_empty());
+        assert_eq!(known.next_retry(now), None);
+        assert!(known.sample(10, &mut rng).is_empty());
+    }
+
+    #[test]
+    fn the_set_is_bounded() {
+        let mut known = KnownHolders::default();
+        for i in 0..MAX_KNOWN_HOLDERS + 10 {
+            known.learn(&format!("p{i}"), "h:1", false);
+        }
+        assert_eq!(known.len(), MAX_KNOWN_HOLDERS);
+    }
+}
