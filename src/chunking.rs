@@ -12,6 +12,8 @@
 //!   a manifest from any holder against the content id without trusting the holder, then checks
 //!   each piece as it arrives.
 
+mod bitfield;
+pub use bitfield::{Bitfield, BitfieldError};
 use blake3::hazmat::{
     merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };

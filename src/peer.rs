@@ -7,6 +7,8 @@
 //! [`PeerNode::shutdown`] ends uploads and downloads in flight at once instead of waiting for them,
 //! and is bounded: a client that stops reading cannot hold it up.
 
+pub mod book;
+pub mod choke;
 pub mod download;
 pub(crate) mod schedule;
 pub mod server;
@@ -381,5 +383,6 @@ fn entry(file: &SharedFile) -> FileEntry {
         name: file.name.clone(),
         size: file.size,
         content_id: file.content_id().to_hex(),
+        partial: false,
     }
 }

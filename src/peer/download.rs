@@ -20,7 +20,9 @@
 //! Each download opens its own channels to its holders (they connect on the first call): two
 //! concurrent downloads from one holder use two connections, nothing is pooled across downloads.
 
+pub(crate) mod known;
 mod partial;
+pub(crate) mod picker;
 mod request;
 mod version;
 mod worker;

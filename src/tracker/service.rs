@@ -189,7 +189,7 @@ impl Tracker for TrackerService {
         in_span(span, async move {
             let req = request.into_inner();
             let versions =
-                self.with(|r| r.who_has(&req.name, &req.content_id_prefix, Instant::now()))?;
+                self.with(|r| r.who_has(&req.name, &req.content_id_prefix, req.max_holders, Instant::now()))?;
             Ok(pb::WhoHasResponse { versions })
         })
         .await

@@ -119,7 +119,8 @@ impl Picker {
 
     /// Counts the pieces of a holder that joined.
     pub fn add_holder(&mut self, has: &Bitfield) {
-        for piece in has.iter().take_while(|&p| p < self.piece_count()) {
+        let n = self.piece_count();
+        for piece in has.iter().take_while(|&p| p < n) {
             self.availability[piece as usize] += 1;
         }
     }
@@ -135,7 +136,8 @@ impl Picker {
 
     /// Forgets the pieces of a holder that left (its assignments must be released too).
     pub fn remove_holder(&mut self, has: &Bitfield) {
-        for piece in has.iter().take_while(|&p| p < self.piece_count()) {
+        let n = self.piece_count();
+        for piece in has.iter().take_while(|&p| p < n) {
             let count = &mut self.availability[piece as usize];
             *count = count.saturating_sub(1);
         }
