@@ -63,6 +63,7 @@ async fn versions(tracker: &TestTracker, name: &str) -> Vec<String> {
         .who_has(tpb::WhoHasRequest {
             name: name.into(),
             content_id_prefix: String::new(),
+            ..Default::default()
         })
         .await
     {
@@ -83,6 +84,7 @@ async fn holders(tracker: &TestTracker, name: &str) -> Vec<String> {
         .who_has(tpb::WhoHasRequest {
             name: name.into(),
             content_id_prefix: String::new(),
+            ..Default::default()
         })
         .await
     {
@@ -197,6 +199,18 @@ impl Peer for FaultyHolder {
     ) -> Result<Response<pb::GetManifestResponse>, Status> {
         self.inner.get_manifest(r).await
     }
+    async fn get_pieces(
+        &self,
+        r: Request<pb::GetPiecesRequest>,
+    ) -> Result<Response<pb::GetPiecesResponse>, Status> {
+        self.inner.get_pieces(r).await
+    }
+    async fn get_holders(
+        &self,
+        r: Request<pb::GetHoldersRequest>,
+    ) -> Result<Response<pb::GetHoldersResponse>, Status> {
+        self.inner.get_holders(r).await
+    }
     type GetBlocksStream = Blocks;
     async fn get_blocks(
         &self,
@@ -240,6 +254,7 @@ async fn start_faulty(
             name: f.name.clone(),
             size: f.size,
             content_id: f.content_id().to_hex(),
+            ..Default::default()
         })
         .collect();
     let service = FaultyHolder {
@@ -347,7 +362,13 @@ async fn a_file_changed_after_sharing_is_caught_as_a_lie() {
 async fn a_stalled_or_failing_holder_hands_its_pieces_to_the_others() {
     let tracker = TestTracker::start(Duration::from_secs(10)).await;
     let data = content(8 * MIB, 4);
-    let _good = TestPeer::start("good", tracker.addr, &[("f", &data)]).await;
+    // The honest holder is slow enough (about 1 s for the file) that the staller's silence
+    // passes the stall timeout before the download is done: a download finishing first would
+    // simply cancel the straggler instead of dropping it.
+    let _good = TestPeer::start_with("good", tracker.addr, &[("f", &data)], |c| {
+        c.limits.upload_rate = Some(Arc::new(RateLimiter::new(8 * MIB as u64)))
+    })
+    .await;
     let (_t1, _s1) = start_faulty("staller", &tracker, &[("f", &data)], Fault::StallAfter(1)).await;
     let (_t2, _s2) = start_faulty("failer", &tracker, &[("f", &data)], Fault::FailAfter(1)).await;
     let me = TestPeer::start_with("me", tracker.addr, &[], |c| {

@@ -19,19 +19,19 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Content ids remembered (the least recently learned are forgotten first).
-pub const MAX_CONTENTS: usize = 256;
+pub(crate) const MAX_CONTENTS: usize = 256;
 /// Holders remembered per content id.
-pub const MAX_HOLDERS_PER_CONTENT: usize = 512;
+pub(crate) const MAX_HOLDERS_PER_CONTENT: usize = 512;
 /// How long a holder is remembered without being heard of again.
-pub const ENTRY_TTL: Duration = Duration::from_secs(600);
+pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(600);
 /// Most holders one `GetHolders` answer carries.
-pub const MAX_EXCHANGED: usize = 64;
+pub(crate) const MAX_EXCHANGED: usize = 64;
 /// Peer ids whose upload to us is counted (the first ones seen; the rest count as nobody).
 const MAX_UPLOADERS: usize = 4096;
 
 /// A holder as remembered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeardHolder {
+pub(crate) struct HeardHolder {
     /// Its peer id.
     pub peer_id: String,
     /// Where its Peer service listens.
@@ -55,7 +55,7 @@ struct Inner {
 
 /// What this peer has heard about the swarm. Shared by downloads and the Peer service.
 #[derive(Debug, Default)]
-pub struct SwarmBook {
+pub(crate) struct SwarmBook {
     inner: Mutex<Inner>,
 }
 
@@ -65,7 +65,7 @@ impl SwarmBook {
     }
 
     /// Remembers that `peer_id` at `address` holds (part of) `content_id`.
-    pub fn learn(
+    pub(crate) fn learn(
         &self,
         content_id: ContentId,
         peer_id: &str,
@@ -106,7 +106,7 @@ impl SwarmBook {
     }
 
     /// Forgets a holder of `content_id` (it sent corrupt data, or left).
-    pub fn forget(&self, content_id: &ContentId, peer_id: &str) {
+    pub(crate) fn forget(&self, content_id: &ContentId, peer_id: &str) {
         if let Some((_, holders)) = self.lock().contents.get_mut(content_id) {
             holders.remove(peer_id);
         }
@@ -114,7 +114,7 @@ impl SwarmBook {
 
     /// Up to `n` holders of `content_id` heard of within [`ENTRY_TTL`], at random, other than
     /// `except` (the caller).
-    pub fn holders(
+    pub(crate) fn holders(
         &self,
         content_id: &ContentId,
         n: usize,
@@ -133,11 +133,11 @@ impl SwarmBook {
                 address: e.address.clone(),
                 partial: e.partial,
             })
-            .choose_multiple(&mut rand::rng(), n)
+            .choose_multiple(&mut rand::rng(), n.min(holders.len()))
     }
 
     /// Counts `bytes` of verified data received from `peer_id`.
-    pub fn record_received(&self, peer_id: &str, bytes: u64) {
+    pub(crate) fn record_received(&self, peer_id: &str, bytes: u64) {
         let mut inner = self.lock();
         if let Some(total) = inner.received.get_mut(peer_id) {
             *total += bytes;
@@ -147,7 +147,7 @@ impl SwarmBook {
     }
 
     /// Bytes of verified data received from `peer_id` so far.
-    pub fn received(&self, peer_id: &str) -> u64 {
+    pub(crate) fn received(&self, peer_id: &str) -> u64 {
         self.lock().received.get(peer_id).copied().unwrap_or(0)
     }
 }
@@ -186,7 +186,10 @@ mod tests {
             book.learn(ContentId::of(&i.to_le_bytes()), "p", "h:1", false, at);
         }
         let first = ContentId::of(&0u32.to_le_bytes());
-        assert!(book.holders(&first, 1, "", t0).is_empty(), "oldest forgotten");
+        assert!(
+            book.holders(&first, 1, "", t0).is_empty(),
+            "oldest forgotten"
+        );
         assert_eq!(book.lock().contents.len(), MAX_CONTENTS);
     }
 

@@ -22,9 +22,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How often the set of unchoked downloaders is recomputed while someone waits.
-pub const ROTATION: Duration = Duration::from_secs(4);
+pub(crate) const ROTATION: Duration = Duration::from_secs(4);
 /// A downloader with no stream running and no request for this long frees its slot.
-pub const IDLE: Duration = Duration::from_secs(2);
+pub(crate) const IDLE: Duration = Duration::from_secs(2);
 /// Default number of downloaders served at once.
 pub const DEFAULT_UPLOAD_SLOTS: usize = 8;
 
@@ -34,15 +34,16 @@ struct Requester {
     unchoked: bool,
     streams: u32,
     last_seen: Instant,
-    /// Refused since the last rotation: wants a slot.
-    waiting: bool,
+    /// Refused while choked, since this instant: wants a slot. Those waiting longest are
+    /// unchoked first (round-robin).
+    waiting: Option<Instant>,
     /// Bytes sent to it since the last rotation.
     served: u64,
 }
 
 /// The answer to a new stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Serve it.
     Unchoked,
     /// Refuse it for now; the set changes within this long.
@@ -51,7 +52,7 @@ pub enum Admission {
 
 /// The choking state of one peer's uploads.
 #[derive(Debug)]
-pub struct Choker {
+pub(crate) struct Choker {
     slots: usize,
     requesters: HashMap<String, Requester>,
     last_rotation: Instant,
@@ -60,7 +61,7 @@ pub struct Choker {
 
 impl Choker {
     /// Serves at most `slots` downloaders at once (at least 1).
-    pub fn new(slots: usize, now: Instant) -> Self {
+    pub(crate) fn new(slots: usize, now: Instant) -> Self {
         Choker {
             slots: slots.max(1),
             requesters: HashMap::new(),
@@ -70,19 +71,20 @@ impl Choker {
     }
 
     /// How many downloaders are unchoked.
-    pub fn unchoked(&self) -> usize {
+    pub(crate) fn unchoked(&self) -> usize {
         self.requesters.values().filter(|r| r.unchoked).count()
     }
 
+    #[cfg(test)]
     /// Whether `key` is unchoked now.
-    pub fn is_unchoked(&self, key: &str) -> bool {
+    pub(crate) fn is_unchoked(&self, key: &str) -> bool {
         self.requesters.get(key).is_some_and(|r| r.unchoked)
     }
 
     /// A new stream from `key`. `received_from` says how many bytes each downloader uploaded to
     /// this peer lately (for reciprocation at a rotation). Counts the stream if admitted: call
     /// [`Choker::finished`] when it ends.
-    pub fn admit(
+    pub(crate) fn admit(
         &mut self,
         key: &str,
         now: Instant,
@@ -93,33 +95,30 @@ impl Choker {
             self.rotate(now, received_from);
         }
         let free = self.unchoked() < self.slots;
-        let requester = self
-            .requesters
-            .entry(key.to_string())
-            .or_insert(Requester {
-                unchoked: false,
-                streams: 0,
-                last_seen: now,
-                waiting: false,
-                served: 0,
-            });
+        let requester = self.requesters.entry(key.to_string()).or_insert(Requester {
+            unchoked: false,
+            streams: 0,
+            last_seen: now,
+            waiting: None,
+            served: 0,
+        });
         requester.last_seen = now;
         if !requester.unchoked && free {
             requester.unchoked = true;
         }
         if requester.unchoked {
             requester.streams += 1;
-            requester.waiting = false;
+            requester.waiting = None;
             Admission::Unchoked
         } else {
-            requester.waiting = true;
+            requester.waiting.get_or_insert(now);
             let next = (self.last_rotation + ROTATION).saturating_duration_since(now);
             Admission::Choked(next.max(Duration::from_millis(100)))
         }
     }
 
     /// A stream of `key` ended after sending `bytes`.
-    pub fn finished(&mut self, key: &str, bytes: u64, now: Instant) {
+    pub(crate) fn finished(&mut self, key: &str, bytes: u64, now: Instant) {
         if let Some(r) = self.requesters.get_mut(key) {
             r.streams = r.streams.saturating_sub(1);
             r.served += bytes;
@@ -135,38 +134,49 @@ impl Choker {
     /// Recomputes who is unchoked, if anyone is waiting.
     fn rotate(&mut self, now: Instant, received_from: &dyn Fn(&str) -> u64) {
         self.last_rotation = now;
-        if !self.requesters.values().any(|r| r.waiting) {
+        if !self.requesters.values().any(|r| r.waiting.is_some()) {
             for r in self.requesters.values_mut() {
                 r.served = 0;
             }
             return;
         }
         let regular = if self.slots > 1 { self.slots - 1 } else { 1 };
-        let mut ranked: Vec<(u64, u64, String)> = self
+        // (uploaded to us, waiting since (the unchoked: not waiting, last), served lately, key)
+        let mut ranked: Vec<(u64, Option<Instant>, u64, String)> = self
             .requesters
             .iter()
-            .filter(|(_, r)| r.unchoked || r.waiting)
-            .map(|(key, r)| (received_from(key), r.served, key.clone()))
+            .filter(|(_, r)| r.unchoked || r.waiting.is_some())
+            .map(|(key, r)| (received_from(key), r.waiting, r.served, key.clone()))
             .collect();
-        // Most uploaded to us first, then least served lately.
-        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        // Most uploaded to us first, then waiting longest, then least served lately.
+        ranked.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| match (a.1, b.1) {
+                    (Some(x), Some(y)) => x.cmp(&y),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                })
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        });
         let mut chosen: Vec<String> = ranked
             .iter()
             .take(regular)
-            .map(|(_, _, k)| k.clone())
+            .map(|(_, _, _, k)| k.clone())
             .collect();
         if chosen.len() < self.slots {
             let rest = ranked
                 .iter()
                 .skip(regular)
-                .map(|(_, _, k)| k.clone())
+                .map(|(_, _, _, k)| k.clone())
                 .choose_multiple(&mut self.rng, self.slots - chosen.len());
             chosen.extend(rest);
         }
         for (key, r) in self.requesters.iter_mut() {
             r.unchoked = chosen.contains(key);
             if r.unchoked {
-                r.waiting = false;
+                r.waiting = None;
             }
             r.served = 0;
         }
@@ -233,11 +243,26 @@ mod tests {
             choker.admit("trader", t0, &generous),
             Admission::Choked(_)
         ));
+        // A choked downloader keeps asking (every backoff).
+        for s in 1..ROTATION.as_secs() {
+            let retry = t0 + Duration::from_secs(s);
+            assert!(matches!(
+                choker.admit("trader", retry, &generous),
+                Admission::Choked(_)
+            ));
+            for d in ["greedy1", "greedy2", "greedy3"] {
+                choker.finished(d, 0, retry);
+                assert_eq!(choker.admit(d, retry, &generous), Admission::Unchoked);
+            }
+        }
         let later = t0 + ROTATION;
         for d in ["greedy1", "greedy2", "greedy3"] {
             choker.finished(d, 1 << 20, later);
         }
-        assert_eq!(choker.admit("trader", later, &generous), Admission::Unchoked);
+        assert_eq!(
+            choker.admit("trader", later, &generous),
+            Admission::Unchoked
+        );
         assert_eq!(choker.unchoked(), 3);
     }
 }

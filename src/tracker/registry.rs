@@ -6,10 +6,10 @@ use super::TrackerError;
 use crate::chunking::ContentId;
 use crate::names::{validate_file_name, validate_peer_id};
 use crate::pb::tracker as pb;
+use rand::seq::SliceRandom;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
-use rand::seq::SliceRandom;
 use subtle::ConstantTimeEq;
 
 /// A peer silent for this many heartbeat intervals is dropped.
@@ -521,8 +521,15 @@ mod tests {
         assert!(few.iter().all(|h| !h.partial), "complete holders first");
         // Versions with complete holders come before a crowd of partial ones.
         for i in 0..3 {
-            r.register(&format!("Q{i}"), format!("q{i}:1"), None, "", vec![file("f", b"y")], now)
-                .unwrap();
+            r.register(
+                &format!("Q{i}"),
+                format!("q{i}:1"),
+                None,
+                "",
+                vec![file("f", b"y")],
+                now,
+            )
+            .unwrap();
         }
         let versions = r.who_has("f", "", 0, now).unwrap();
         assert_eq!(versions[0].content_id, ContentId::of(b"x").to_hex());

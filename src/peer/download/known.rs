@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 
 /// Most holders one download remembers. Past it, newly learned holders are dropped: the list
 /// from a hostile tracker or peer cannot grow memory without bound.
-pub const MAX_KNOWN_HOLDERS: usize = 16_384;
+pub(crate) const MAX_KNOWN_HOLDERS: usize = 16_384;
 /// Backoff after a holder's first failure; doubled for each further one in a row.
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest backoff.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 /// Where a holder stands with this download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
+pub(crate) enum Standing {
     /// May be contacted.
     Idle,
     /// Being contacted or connected now.
@@ -35,7 +35,7 @@ pub enum Standing {
 
 /// How a connection to a holder ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// It had nothing more for us, or the download finished: contact again freely.
     Fine,
     /// It refused for now (busy, choked): retry after the first backoff, not counted as a failure.
@@ -48,7 +48,7 @@ pub enum Outcome {
 
 /// One known holder.
 #[derive(Debug, Clone)]
-pub struct Known {
+pub(crate) struct Known {
     /// Where its Peer service listens (`host:port`), as last learned.
     pub address: String,
     /// Whether it was last said to hold only part of the file.
@@ -60,14 +60,16 @@ pub struct Known {
 
 /// The holders a download knows.
 #[derive(Debug, Default)]
-pub struct KnownHolders {
+pub(crate) struct KnownHolders {
     holders: HashMap<String, Known>,
+    /// How many are `Connected` (kept in step, so asking is cheap).
+    connected: usize,
 }
 
 impl KnownHolders {
     /// Learns (or refreshes the address of) a holder. Returns true if it is new. A banned holder
     /// stays banned whatever its address; a full set takes no new holders.
-    pub fn learn(&mut self, peer_id: &str, address: &str, partial: bool) -> bool {
+    pub(crate) fn learn(&mut self, peer_id: &str, address: &str, partial: bool) -> bool {
         if let Some(known) = self.holders.get_mut(peer_id) {
             if known.standing != Standing::Connected {
                 known.address = address.to_string();
@@ -91,26 +93,19 @@ impl KnownHolders {
     }
 
     /// How many holders are known.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.holders.len()
     }
 
-    /// True when none are known.
-    pub fn is_empty(&self) -> bool {
-        self.holders.is_empty()
-    }
-
+    #[cfg(test)]
     /// A known holder.
-    pub fn get(&self, peer_id: &str) -> Option<&Known> {
+    pub(crate) fn get(&self, peer_id: &str) -> Option<&Known> {
         self.holders.get(peer_id)
     }
 
     /// How many are connected (or being contacted).
-    pub fn connected(&self) -> usize {
-        self.holders
-            .values()
-            .filter(|k| k.standing == Standing::Connected)
-            .count()
+    pub(crate) fn connected(&self) -> usize {
+        self.connected
     }
 
     fn contactable(known: &Known, now: Instant) -> bool {
@@ -123,7 +118,12 @@ impl KnownHolders {
 
     /// Up to `n` holders to contact now, chosen at random among those that may be contacted;
     /// they count as connected until [`KnownHolders::disconnected`].
-    pub fn take(&mut self, n: usize, now: Instant, rng: &mut impl Rng) -> Vec<(String, String)> {
+    pub(crate) fn take(
+        &mut self,
+        n: usize,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Vec<(String, String)> {
         let chosen: Vec<String> = self
             .holders
             .iter()
@@ -135,16 +135,20 @@ impl KnownHolders {
             .filter_map(|id| {
                 let known = self.holders.get_mut(&id)?;
                 known.standing = Standing::Connected;
+                self.connected += 1;
                 Some((id, known.address.clone()))
             })
             .collect()
     }
 
     /// Records how a connection ended.
-    pub fn disconnected(&mut self, peer_id: &str, outcome: Outcome, now: Instant) {
+    pub(crate) fn disconnected(&mut self, peer_id: &str, outcome: Outcome, now: Instant) {
         let Some(known) = self.holders.get_mut(peer_id) else {
             return;
         };
+        if known.standing == Standing::Connected {
+            self.connected -= 1;
+        }
         known.standing = match outcome {
             Outcome::Fine => {
                 known.failures = 0;
@@ -163,15 +167,20 @@ impl KnownHolders {
     }
 
     /// Marks a connected holder as having delivered verified data: its failure count restarts.
-    pub fn delivered(&mut self, peer_id: &str) {
+    pub(crate) fn delivered(&mut self, peer_id: &str) {
         if let Some(known) = self.holders.get_mut(peer_id) {
             known.failures = 0;
         }
     }
 
+    /// True if some holder may be contacted now.
+    pub(crate) fn contactable_now(&self, now: Instant) -> bool {
+        self.holders.values().any(|k| Self::contactable(k, now))
+    }
+
     /// When the next holder in backoff may be contacted, if any is waiting and none is
     /// contactable now.
-    pub fn next_retry(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn next_retry(&self, now: Instant) -> Option<Instant> {
         if self.holders.values().any(|k| Self::contactable(k, now)) {
             return Some(now);
         }
@@ -185,18 +194,10 @@ impl KnownHolders {
     }
 
     /// True if every known holder sent corrupt data (or none is known).
-    pub fn all_banned(&self) -> bool {
-        self.holders.values().all(|k| k.standing == Standing::Banned)
-    }
-
-    /// Up to `n` holders that are not banned, at random: what this download tells others in
-    /// peer exchange.
-    pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Vec<(String, Known)> {
+    pub(crate) fn all_banned(&self) -> bool {
         self.holders
-            .iter()
-            .filter(|(_, k)| k.standing != Standing::Banned)
-            .map(|(id, k)| (id.clone(), k.clone()))
-            .choose_multiple(rng, n)
+            .values()
+            .all(|k| k.standing == Standing::Banned)
     }
 }
 
@@ -220,7 +221,9 @@ mod tests {
         assert_eq!(first.len(), 8);
         assert_eq!(known.connected(), 8);
         let second = known.take(8, t0, &mut rng);
-        assert!(second.iter().all(|(id, _)| !first.iter().any(|(f, _)| f == id)));
+        assert!(second
+            .iter()
+            .all(|(id, _)| !first.iter().any(|(f, _)| f == id)));
 
         let (failing, _) = &first[0];
         known.disconnected(failing, Outcome::Failed, t0);
@@ -253,7 +256,6 @@ mod tests {
             .take(1, now + Duration::from_secs(3600), &mut rng)
             .is_empty());
         assert_eq!(known.next_retry(now), None);
-        assert!(known.sample(10, &mut rng).is_empty());
     }
 
     #[test]

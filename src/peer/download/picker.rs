@@ -20,11 +20,11 @@ use rand::{Rng, SeedableRng};
 use std::ops::Range;
 
 /// Identifies a connected holder within one download.
-pub type HolderKey = u64;
+pub(crate) type HolderKey = u64;
 
 /// A unit handed to a holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assignment {
+pub(crate) struct Assignment {
     /// Identifies the assignment for [`Picker::release`].
     pub id: u64,
     /// The pieces to fetch, contiguous, all held by the holder.
@@ -33,7 +33,7 @@ pub struct Assignment {
 
 /// What a holder's worker should do next.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Fetch these pieces.
     Fetch(Assignment),
     /// Nothing this holder has is needed now (its pieces are done or in flight elsewhere, or it
@@ -52,7 +52,7 @@ struct InFlight {
 
 /// Piece choice for one download.
 #[derive(Debug)]
-pub struct Picker {
+pub(crate) struct Picker {
     done: Vec<bool>,
     remaining: u64,
     /// Per piece: how many connected holders have it.
@@ -68,7 +68,7 @@ pub struct Picker {
 impl Picker {
     /// Picks among the pieces not yet `done`, in units of at most `unit_pieces` pieces; `seed`
     /// makes the random choices repeatable in tests.
-    pub fn new(done: Vec<bool>, unit_pieces: u64, seed: u64) -> Self {
+    pub(crate) fn new(done: Vec<bool>, unit_pieces: u64, seed: u64) -> Self {
         let pieces = done.len();
         Picker {
             remaining: done.iter().filter(|d| !**d).count() as u64,
@@ -84,41 +84,47 @@ impl Picker {
 
     /// The unit size p2pshare uses: small enough that every holder gets several units (so
     /// dynamic balancing works), large enough that per-request costs vanish (at most 4 MiB).
-    pub fn unit_pieces(piece_count: u64, piece_size: u32, holders: usize) -> u64 {
+    pub(crate) fn unit_pieces(piece_count: u64, piece_size: u32, holders: usize) -> u64 {
         let max_by_bytes = ((4u64 << 20) / piece_size.max(1) as u64).max(1);
         (piece_count / (holders.max(1) as u64 * 8)).clamp(1, max_by_bytes)
     }
 
     /// Pieces in the file.
-    pub fn piece_count(&self) -> u64 {
+    pub(crate) fn piece_count(&self) -> u64 {
         self.done.len() as u64
     }
 
     /// Pieces not yet verified.
-    pub fn remaining(&self) -> u64 {
+    pub(crate) fn remaining(&self) -> u64 {
         self.remaining
     }
 
     /// True once `piece` is verified.
-    pub fn is_done(&self, piece: PieceIndex) -> bool {
+    pub(crate) fn is_done(&self, piece: PieceIndex) -> bool {
         self.done.get(piece as usize).copied().unwrap_or(true)
     }
 
+    /// True while some unit is being fetched.
+    pub(crate) fn in_flight(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
     /// The verified pieces.
-    pub fn done(&self) -> &[bool] {
+    pub(crate) fn done(&self) -> &[bool] {
         &self.done
     }
 
+    #[cfg(test)]
     /// Pieces not done that no connected holder has: while there are some, the download needs
     /// more holders.
-    pub fn unavailable(&self) -> u64 {
+    pub(crate) fn unavailable(&self) -> u64 {
         (0..self.done.len())
             .filter(|&p| !self.done[p] && self.availability[p] == 0)
             .count() as u64
     }
 
     /// Counts the pieces of a holder that joined.
-    pub fn add_holder(&mut self, has: &Bitfield) {
+    pub(crate) fn add_holder(&mut self, has: &Bitfield) {
         let n = self.piece_count();
         for piece in has.iter().take_while(|&p| p < n) {
             self.availability[piece as usize] += 1;
@@ -126,7 +132,7 @@ impl Picker {
     }
 
     /// Counts pieces a connected holder gained.
-    pub fn holder_gained(&mut self, pieces: impl IntoIterator<Item = PieceIndex>) {
+    pub(crate) fn holder_gained(&mut self, pieces: impl IntoIterator<Item = PieceIndex>) {
         for piece in pieces {
             if let Some(count) = self.availability.get_mut(piece as usize) {
                 *count += 1;
@@ -135,7 +141,7 @@ impl Picker {
     }
 
     /// Forgets the pieces of a holder that left (its assignments must be released too).
-    pub fn remove_holder(&mut self, has: &Bitfield) {
+    pub(crate) fn remove_holder(&mut self, has: &Bitfield) {
         let n = self.piece_count();
         for piece in has.iter().take_while(|&p| p < n) {
             let count = &mut self.availability[piece as usize];
@@ -162,7 +168,7 @@ impl Picker {
     }
 
     /// The next unit for `holder`, which has the pieces in `has`.
-    pub fn next(&mut self, holder: HolderKey, has: &Bitfield) -> Next {
+    pub(crate) fn next(&mut self, holder: HolderKey, has: &Bitfield) -> Next {
         if self.remaining == 0 {
             return Next::Done;
         }
@@ -239,7 +245,7 @@ impl Picker {
     }
 
     /// Records a verified piece. Returns false if it was already done (a duplicate in endgame).
-    pub fn complete(&mut self, piece: PieceIndex) -> bool {
+    pub(crate) fn complete(&mut self, piece: PieceIndex) -> bool {
         match self.done.get_mut(piece as usize) {
             Some(slot) if !*slot => {
                 *slot = true;
@@ -251,7 +257,7 @@ impl Picker {
     }
 
     /// Ends an assignment, finished or failed: its pieces not done become free again.
-    pub fn release(&mut self, id: u64) {
+    pub(crate) fn release(&mut self, id: u64) {
         let Some(pos) = self.in_flight.iter().position(|f| f.id == id) else {
             return;
         };
@@ -262,7 +268,7 @@ impl Picker {
     }
 
     /// Releases every assignment of a holder (it left the download).
-    pub fn release_holder(&mut self, holder: HolderKey) {
+    pub(crate) fn release_holder(&mut self, holder: HolderKey) {
         let ids: Vec<u64> = self
             .in_flight
             .iter()
