@@ -147,6 +147,8 @@ pub struct PeerNode {
     tracker: Arc<TrackerLink>,
     /// What this peer heard about the swarm: shared by its downloads and its Peer service.
     book: Arc<SwarmBook>,
+    /// Bytes of blocks its Peer service has sent.
+    uploaded: Arc<std::sync::atomic::AtomicU64>,
     active: ActiveDownloads,
     local_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -189,6 +191,7 @@ impl PeerNode {
         let service = PeerService::new(store.clone(), config.limits.clone())
             .with_shutdown(shutdown.child_token())
             .with_book(book.clone());
+        let uploaded = service.uploaded();
         let server = {
             let token = shutdown.clone();
             let security = config.server_security.clone();
@@ -213,6 +216,7 @@ impl PeerNode {
             store,
             tracker,
             book,
+            uploaded,
             active: ActiveDownloads::default(),
             local_addr,
             shutdown,
@@ -249,6 +253,11 @@ impl PeerNode {
     /// Its configuration.
     pub fn config(&self) -> &PeerConfig {
         &self.config
+    }
+
+    /// Bytes of file data this peer has uploaded to others since it started.
+    pub fn bytes_uploaded(&self) -> u64 {
+        self.uploaded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where the Peer service listens.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{content, names_in, TestPeer, TestTracker};
+use common::{content, names_in, seeded_dir, IsolatedPeer, TestPeer, TestTracker};
 use p2pshare::chunking::ContentId;
 use p2pshare::pb::peer as pb;
 use p2pshare::pb::peer::peer_server::{Peer, PeerServer};
@@ -13,8 +13,6 @@ use p2pshare::peer::download::{Destination, DownloadError, DownloadRequest, Prog
 use p2pshare::peer::server::{PeerService, RateLimiter, ServeLimits};
 use p2pshare::peer::store::Store;
 use p2pshare::peer::{PeerConfig, PeerNode};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -97,72 +95,6 @@ async fn holders(tracker: &TestTracker, name: &str) -> Vec<String> {
         Err(s) if s.code() == tonic::Code::NotFound => vec![],
         Err(s) => panic!("WhoHas failed: {s}"),
     }
-}
-
-/// A peer running on its own runtime and thread, so that killing it drops every socket and task
-/// at once, as a crashed process would.
-struct IsolatedPeer {
-    addr: SocketAddr,
-    node: Arc<PeerNode>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl IsolatedPeer {
-    async fn start(id: &str, tracker: SocketAddr, dir: PathBuf, upload_rate: Option<u64>) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let id = id.to_string();
-        let node = runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut config = PeerConfig::new(&id, dir, &tracker.to_string());
-            config.limits = ServeLimits {
-                upload_rate: upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
-                ..ServeLimits::default()
-            };
-            config.stall_timeout = Duration::from_secs(2);
-            PeerNode::start(config, listener).await.unwrap().0
-        });
-        let node = node.await.unwrap();
-        IsolatedPeer {
-            addr: node.local_addr(),
-            node,
-            runtime: Some(runtime),
-        }
-    }
-
-    /// Dies without a word to anyone.
-    fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-
-    /// Runs `f` on this peer's runtime (it dies with the peer).
-    fn spawn<T: Send + 'static>(
-        &self,
-        f: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> tokio::task::JoinHandle<T> {
-        self.runtime.as_ref().unwrap().spawn(f)
-    }
-}
-
-impl Drop for IsolatedPeer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn seeded_dir(id: &str, files: &[(&str, &[u8])]) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join(id);
-    std::fs::create_dir_all(dir.join("files")).unwrap();
-    for (name, data) in files {
-        std::fs::write(dir.join("files").join(name), data).unwrap();
-    }
-    (tmp, dir)
 }
 
 /// How a [`FaultyHolder`] misbehaves in `GetBlocks`.

@@ -158,6 +158,8 @@ pub struct PeerService {
     book: Arc<SwarmBook>,
     /// Which downloaders are served now.
     choker: Arc<std::sync::Mutex<Choker>>,
+    /// Bytes of blocks sent, all streams together.
+    uploaded: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A file as served: whole (in `files/`) or growing (a download in progress: verified pieces).
@@ -235,7 +237,13 @@ impl PeerService {
             idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             shutdown: CancellationToken::new(),
             book: Arc::default(),
+            uploaded: Arc::default(),
         }
+    }
+
+    /// The running count of bytes of blocks this service has sent.
+    pub(crate) fn uploaded(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.uploaded.clone()
     }
 
     /// Shares `book` with the node's downloads: peer exchange answers from it, requesters are
@@ -419,6 +427,7 @@ impl Peer for PeerService {
                 choker: self.choker.clone(),
                 key: requester.key.clone(),
                 sent: Default::default(),
+                total: self.uploaded.clone(),
             },
             Admission::Choked(retry) => {
                 return Err(ServeError::Choked {

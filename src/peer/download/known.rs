@@ -7,9 +7,9 @@
 //! failed or stalled is retried after an exponential backoff; one that sent corrupt data is never
 //! contacted again by this download.
 
-use rand::seq::IteratorRandom;
 use rand::Rng;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Most holders one download remembers. Past it, newly learned holders are dropped: the list
@@ -59,11 +59,20 @@ pub(crate) struct Known {
 }
 
 /// The holders a download knows.
+///
+/// Every operation costs the holders it touches, not the size of the set: those that may be
+/// contacted now wait in `ready` (taken at random), those in backoff in `waiting` (by time).
 #[derive(Debug, Default)]
 pub(crate) struct KnownHolders {
     holders: HashMap<String, Known>,
-    /// How many are `Connected` (kept in step, so asking is cheap).
+    /// Peer ids that may be contacted now (standing `Idle`), in no order.
+    ready: Vec<String>,
+    /// Peer ids in backoff, soonest first.
+    waiting: BinaryHeap<Reverse<(Instant, String)>>,
+    /// How many are `Connected`.
     connected: usize,
+    /// How many are `Banned`.
+    banned: usize,
 }
 
 impl KnownHolders {
@@ -89,6 +98,7 @@ impl KnownHolders {
                 failures: 0,
             },
         );
+        self.ready.push(peer_id.to_string());
         true
     }
 
@@ -97,8 +107,8 @@ impl KnownHolders {
         self.holders.len()
     }
 
-    #[cfg(test)]
     /// A known holder.
+    #[cfg(test)]
     pub(crate) fn get(&self, peer_id: &str) -> Option<&Known> {
         self.holders.get(peer_id)
     }
@@ -108,11 +118,21 @@ impl KnownHolders {
         self.connected
     }
 
-    fn contactable(known: &Known, now: Instant) -> bool {
-        match known.standing {
-            Standing::Idle => true,
-            Standing::Backoff(until) => until <= now,
-            Standing::Connected | Standing::Banned => false,
+    /// Moves the holders whose backoff has passed to `ready`.
+    fn wake(&mut self, now: Instant) {
+        while let Some(Reverse((until, _))) = self.waiting.peek() {
+            if *until > now {
+                break;
+            }
+            let Some(Reverse((_, peer_id))) = self.waiting.pop() else {
+                break;
+            };
+            if let Some(known) = self.holders.get_mut(&peer_id) {
+                if matches!(known.standing, Standing::Backoff(_)) {
+                    known.standing = Standing::Idle;
+                    self.ready.push(peer_id);
+                }
+            }
         }
     }
 
@@ -124,21 +144,23 @@ impl KnownHolders {
         now: Instant,
         rng: &mut impl Rng,
     ) -> Vec<(String, String)> {
-        let chosen: Vec<String> = self
-            .holders
-            .iter()
-            .filter(|(_, k)| Self::contactable(k, now))
-            .map(|(id, _)| id.clone())
-            .choose_multiple(rng, n);
+        self.wake(now);
+        let mut chosen = Vec::new();
+        while chosen.len() < n && !self.ready.is_empty() {
+            let peer_id = self
+                .ready
+                .swap_remove(rng.random_range(0..self.ready.len()));
+            let Some(known) = self.holders.get_mut(&peer_id) else {
+                continue;
+            };
+            if known.standing != Standing::Idle {
+                continue;
+            }
+            known.standing = Standing::Connected;
+            self.connected += 1;
+            chosen.push((peer_id, known.address.clone()));
+        }
         chosen
-            .into_iter()
-            .filter_map(|id| {
-                let known = self.holders.get_mut(&id)?;
-                known.standing = Standing::Connected;
-                self.connected += 1;
-                Some((id, known.address.clone()))
-            })
-            .collect()
     }
 
     /// Records how a connection ended.
@@ -146,24 +168,34 @@ impl KnownHolders {
         let Some(known) = self.holders.get_mut(peer_id) else {
             return;
         };
-        if known.standing == Standing::Connected {
-            self.connected -= 1;
+        if known.standing != Standing::Connected {
+            return;
         }
-        known.standing = match outcome {
+        self.connected -= 1;
+        let backoff = match outcome {
             Outcome::Fine => {
                 known.failures = 0;
-                Standing::Idle
+                known.standing = Standing::Idle;
+                self.ready.push(peer_id.to_string());
+                return;
             }
-            Outcome::Busy => Standing::Backoff(now + FIRST_BACKOFF),
+            Outcome::Corrupt => {
+                known.standing = Standing::Banned;
+                self.banned += 1;
+                return;
+            }
+            Outcome::Busy => FIRST_BACKOFF,
             Outcome::Failed => {
                 let backoff = FIRST_BACKOFF
                     .saturating_mul(1 << known.failures.min(16))
                     .min(MAX_BACKOFF);
                 known.failures += 1;
-                Standing::Backoff(now + backoff)
+                backoff
             }
-            Outcome::Corrupt => Standing::Banned,
         };
+        known.standing = Standing::Backoff(now + backoff);
+        self.waiting
+            .push(Reverse((now + backoff, peer_id.to_string())));
     }
 
     /// Marks a connected holder as having delivered verified data: its failure count restarts.
@@ -175,29 +207,25 @@ impl KnownHolders {
 
     /// True if some holder may be contacted now.
     pub(crate) fn contactable_now(&self, now: Instant) -> bool {
-        self.holders.values().any(|k| Self::contactable(k, now))
+        !self.ready.is_empty()
+            || self
+                .waiting
+                .peek()
+                .is_some_and(|Reverse((until, _))| *until <= now)
     }
 
-    /// When the next holder in backoff may be contacted, if any is waiting and none is
-    /// contactable now.
+    /// When a holder may next be contacted: now if one may, else when the first backoff ends;
+    /// `None` if none ever may (all connected or banned).
     pub(crate) fn next_retry(&self, now: Instant) -> Option<Instant> {
-        if self.holders.values().any(|k| Self::contactable(k, now)) {
+        if !self.ready.is_empty() {
             return Some(now);
         }
-        self.holders
-            .values()
-            .filter_map(|k| match k.standing {
-                Standing::Backoff(until) => Some(until),
-                _ => None,
-            })
-            .min()
+        self.waiting.peek().map(|Reverse((until, _))| *until)
     }
 
     /// True if every known holder sent corrupt data (or none is known).
     pub(crate) fn all_banned(&self) -> bool {
-        self.holders
-            .values()
-            .all(|k| k.standing == Standing::Banned)
+        self.banned == self.holders.len()
     }
 }
 

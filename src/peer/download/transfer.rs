@@ -551,8 +551,21 @@ impl Transfer {
         result
     }
 
-    /// Asks up to [`PEX_FANOUT`] connected holders, at random, for the holders they know.
+    /// Asks up to [`PEX_FANOUT`] connected holders, at random, for the holders they know; and
+    /// takes the holders this peer itself heard of (downloaders that fetched from it said where
+    /// they listen).
     fn exchange(&self, exchanges: &mut JoinSet<Vec<HolderAddr>>) {
+        let heard = self.setup.book.holders(
+            &self.manifest.content_id(),
+            crate::peer::book::MAX_EXCHANGED,
+            &self.setup.my_id,
+            Instant::now(),
+        );
+        self.learn(heard.into_iter().map(|h| HolderAddr {
+            peer_id: h.peer_id,
+            address: h.address,
+            partial: h.partial,
+        }));
         let links: Vec<Link> = {
             let mut state = self.lock();
             let State {

@@ -101,6 +101,8 @@ pub(super) struct UploadSlot {
     pub(super) choker: Arc<std::sync::Mutex<Choker>>,
     pub(super) key: String,
     pub(super) sent: AtomicU64,
+    /// The service's count of bytes uploaded, all streams together.
+    pub(super) total: Arc<AtomicU64>,
 }
 
 impl Drop for UploadSlot {
@@ -204,6 +206,7 @@ impl ReadJob {
             block += len as u64 / BLOCK_SIZE as u64;
             if let Some(slot) = &self.slot {
                 slot.sent.fetch_add(len as u64, Ordering::Relaxed);
+                slot.total.fetch_add(len as u64, Ordering::Relaxed);
             }
         }
         Ok(())
