@@ -223,7 +223,12 @@ async fn start_faulty(
 async fn a_corrupting_holder_is_dropped_and_the_file_is_still_exact() {
     let tracker = TestTracker::start(Duration::from_secs(10)).await;
     let data = content(6 * MIB + 123, 1);
-    let _honest = TestPeer::start("honest", tracker.addr, &[("f", &data)]).await;
+    // Slow enough (under a second for the file) that the liar gets units before the end: a
+    // download finishing first never asks every holder.
+    let _honest = TestPeer::start_with("honest", tracker.addr, &[("f", &data)], |c| {
+        c.limits.upload_rate = Some(Arc::new(RateLimiter::new(8 * MIB as u64)))
+    })
+    .await;
     let (_t, _stop) = start_faulty("liar", &tracker, &[("f", &data)], Fault::Corrupt).await;
     let me = TestPeer::start("me", tracker.addr, &[]).await;
 

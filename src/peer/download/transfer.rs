@@ -449,6 +449,9 @@ impl Transfer {
         let mut sessions = JoinSet::new();
         {
             let mut state = self.lock();
+            // It gave the manifest: it took part, whatever else happens (an empty file needs
+            // nothing more).
+            state.reports.entry(first.peer_id.clone()).or_default();
             state.links.insert(first.peer_id.clone(), first.clone());
             let key = state.next_key;
             state.next_key += 1;
