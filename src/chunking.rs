@@ -12,6 +12,8 @@
 //!   a manifest from any holder against the content id without trusting the holder, then checks
 //!   each piece as it arrives.
 
+mod bitfield;
+pub use bitfield::{Bitfield, BitfieldError};
 use blake3::hazmat::{
     merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
@@ -222,6 +224,12 @@ impl Geometry {
             .saturating_mul(self.blocks_per_piece())
             .min(end);
         first..end
+    }
+
+    /// The pieces a non-empty byte range `bytes` (within the file) touches.
+    pub fn pieces_of_bytes(&self, bytes: Range<u64>) -> Range<PieceIndex> {
+        let piece = self.piece_size as u64;
+        bytes.start / piece..bytes.end.div_ceil(piece).max(bytes.start / piece + 1)
     }
 
     /// Byte range of a block range, clamped to the file size. `None` if the range is empty,
@@ -546,6 +554,17 @@ mod tests {
         assert!(Geometry::new(10, 4096).is_err());
         assert!(Geometry::new(10, 1 << 40).is_err());
         assert!(Geometry::new(10, MIN_PIECE_SIZE as u64).is_ok());
+    }
+
+    #[test]
+    fn byte_ranges_map_to_the_pieces_they_touch() {
+        let g = Geometry::new(10 * 65536 + 5, 65536).unwrap();
+        assert_eq!(g.pieces_of_bytes(0..1), 0..1);
+        assert_eq!(g.pieces_of_bytes(0..65536), 0..1);
+        assert_eq!(g.pieces_of_bytes(65535..65537), 0..2);
+        assert_eq!(g.pieces_of_bytes(10 * 65536..10 * 65536 + 5), 10..11);
+        let all = g.block_bytes(0, g.block_count()).unwrap();
+        assert_eq!(g.pieces_of_bytes(all), 0..g.piece_count());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Validation of names that come from the network or the command line: file names (one path
-//! component inside a shared folder) and peer ids.
+//! component inside a shared folder), peer ids, and peer addresses (`host:port`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Longest file name accepted, in bytes (the common file-system limit).
 pub(crate) const MAX_FILE_NAME_BYTES: usize = 255;
@@ -126,9 +128,77 @@ pub fn validate_peer_id(id: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// `host:port` for a claimed host: an IP address (IPv6 with or without brackets) that can be
+/// connected to, or a DNS host name (labels of letters, digits and inner hyphens, at most 253
+/// bytes, not ending in an all-numeric label, so `999.1.1.1` is not taken for a name).
+pub(crate) fn host_port(host: &str, port: u16) -> Option<String> {
+    let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if let Ok(ip) = unbracketed.unwrap_or(host).parse::<IpAddr>() {
+        let ip = ip.to_canonical();
+        let unusable =
+            ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST);
+        return (!unusable).then(|| SocketAddr::new(ip, port).to_string());
+    }
+    if unbracketed.is_some() || host.len() > 253 {
+        return None;
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let last_numeric = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    (host.split('.').all(label_ok) && !last_numeric).then(|| format!("{host}:{port}"))
+}
+
+/// A peer address from the network (`host:port`, as the tracker and other peers hand them out),
+/// checked and normalised as [`host_port`] does; `None` for anything else.
+pub(crate) fn peer_address(address: &str) -> Option<String> {
+    if address.len() > MAX_ADDRESS_BYTES {
+        return None;
+    }
+    let (host, port) = address.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    host_port(host, port)
+}
+
+/// Longest `host:port` accepted: a 253-byte name, a colon and five digits, with room to spare.
+pub(crate) const MAX_ADDRESS_BYTES: usize = 270;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_addresses_from_the_network_are_checked() {
+        for (good, normal) in [
+            ("127.0.0.1:5", "127.0.0.1:5"),
+            ("[::1]:80", "[::1]:80"),
+            ("peer-1.lan:9000", "peer-1.lan:9000"),
+        ] {
+            assert_eq!(peer_address(good).as_deref(), Some(normal));
+        }
+        for junk in [
+            "",
+            "host",
+            "host:0",
+            "host:70000",
+            ":5",
+            "0.0.0.0:5",
+            "a b:5",
+            "\u{1b}[2J:5",
+            "x\n:5",
+            &format!("{}:5", "a".repeat(300)),
+        ] {
+            assert_eq!(peer_address(junk), None, "{junk:?}");
+        }
+    }
 
     #[test]
     fn file_names_that_could_escape_are_refused() {

@@ -7,8 +7,9 @@
 //! [`PeerNode::shutdown`] ends uploads and downloads in flight at once instead of waiting for them,
 //! and is bounded: a client that stops reading cannot hold it up.
 
+pub(crate) mod book;
+pub(crate) mod choke;
 pub mod download;
-pub(crate) mod schedule;
 pub mod server;
 pub mod shell;
 pub mod store;
@@ -19,12 +20,14 @@ mod watch;
 
 use crate::grpc::{ClientSecurity, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa};
 use crate::pb::tracker::FileEntry;
+use book::SwarmBook;
 use download::{ActiveDownloads, DownloadError, DownloadReport, DownloadRequest, Progress};
 use server::{PeerService, ServeLimits};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use store::GrowingFile;
 use store::{SharedFile, Store, StoreError};
 use tokio::net::TcpListener;
 
@@ -62,6 +65,8 @@ pub struct PeerConfig {
     pub advertise_host: String,
     /// A holder silent this long during a download is given up on.
     pub stall_timeout: Duration,
+    /// Holders one download is connected to at once (chosen at random among those it knows).
+    pub max_holders: usize,
     /// How often `files/` is fully rescanned: the safety net under the folder watcher.
     pub rescan_interval: Duration,
     /// Limits of the Peer service.
@@ -83,6 +88,7 @@ impl PeerConfig {
             tracker_address: tracker_address.to_string(),
             advertise_host: String::new(),
             stall_timeout: download::DEFAULT_STALL_TIMEOUT,
+            max_holders: download::DEFAULT_MAX_HOLDERS,
             rescan_interval: Duration::from_secs(30),
             limits: ServeLimits::default(),
             server_security: ServerSecurity::default(),
@@ -138,7 +144,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct PeerNode {
     config: PeerConfig,
     store: Arc<Store>,
-    tracker: TrackerLink,
+    tracker: Arc<TrackerLink>,
+    /// What this peer heard about the swarm: shared by its downloads and its Peer service.
+    book: Arc<SwarmBook>,
+    /// Bytes of blocks its Peer service has sent.
+    uploaded: Arc<std::sync::atomic::AtomicU64>,
     active: ActiveDownloads,
     local_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -169,16 +179,19 @@ impl PeerNode {
             tracing::warn!("not shared: {why}");
         }
         let store = Arc::new(store);
-        let tracker = TrackerLink::new(
+        let tracker = Arc::new(TrackerLink::new(
             &config.tracker_address,
             &config.peer_id,
             local_addr.port(),
             &config.advertise_host,
             &config.client_security,
-        )?;
+        )?);
         let shutdown = CancellationToken::new();
+        let book = Arc::new(SwarmBook::default());
         let service = PeerService::new(store.clone(), config.limits.clone())
-            .with_shutdown(shutdown.child_token());
+            .with_shutdown(shutdown.child_token())
+            .with_book(book.clone());
+        let uploaded = service.uploaded();
         let server = {
             let token = shutdown.clone();
             let security = config.server_security.clone();
@@ -202,6 +215,8 @@ impl PeerNode {
             config,
             store,
             tracker,
+            book,
+            uploaded,
             active: ActiveDownloads::default(),
             local_addr,
             shutdown,
@@ -240,6 +255,11 @@ impl PeerNode {
         &self.config
     }
 
+    /// Bytes of file data this peer has uploaded to others since it started.
+    pub fn bytes_uploaded(&self) -> u64 {
+        self.uploaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Where the Peer service listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -251,7 +271,7 @@ impl PeerNode {
     }
 
     /// The tracker link.
-    pub(crate) fn tracker(&self) -> &TrackerLink {
+    pub(crate) fn tracker(&self) -> &Arc<TrackerLink> {
         &self.tracker
     }
 
@@ -271,13 +291,23 @@ impl PeerNode {
             security: &self.config.client_security,
             stall_timeout: self.config.stall_timeout,
             active: &self.active,
+            book: &self.book,
+            max_holders: self.config.max_holders,
         };
         download::run(&context, request, progress, self.shutdown.child_token()).await
     }
 
     /// The catalog as the tracker wants it.
+    /// Whole files, and the downloads in progress this peer serves as a partial holder (unless
+    /// a whole file has the name: the tracker keys a peer's files by name).
     fn catalog(&self) -> Vec<FileEntry> {
-        self.store.list().iter().map(entry).collect()
+        let whole = self.store.list();
+        let growing = self.store.growing().list();
+        let partial = growing
+            .iter()
+            .filter(|g| !whole.iter().any(|f| f.name == g.name))
+            .map(|g| partial_entry(g));
+        whole.iter().map(entry).chain(partial).collect()
     }
 
     async fn register(&self) -> Result<tracker_link::Session, TrackerLinkError> {
@@ -376,10 +406,21 @@ impl PeerNode {
     }
 }
 
+/// How the tracker is told of a download in progress that serves its verified pieces.
+fn partial_entry(file: &GrowingFile) -> FileEntry {
+    FileEntry {
+        name: file.name.clone(),
+        size: file.manifest.geometry().size(),
+        content_id: file.content_id().to_hex(),
+        partial: true,
+    }
+}
+
 fn entry(file: &SharedFile) -> FileEntry {
     FileEntry {
         name: file.name.clone(),
         size: file.size,
         content_id: file.content_id().to_hex(),
+        partial: false,
     }
 }

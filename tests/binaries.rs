@@ -243,6 +243,7 @@ fn wait_for_holders(
         let request = tracker_pb::WhoHasRequest {
             name: name.into(),
             content_id_prefix: String::new(),
+            ..Default::default()
         };
         let answer = rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(5), client.who_has(request)).await

@@ -282,6 +282,7 @@ fn entry(name: &str, data: &[u8]) -> tpb::FileEntry {
         name: name.into(),
         size: data.len() as u64,
         content_id: ContentId::of(data).to_hex(),
+        ..Default::default()
     }
 }
 
@@ -299,6 +300,7 @@ async fn holders_of(tracker: &mut TrackerClient<Channel>, name: &str) -> Vec<(St
         .who_has(tpb::WhoHasRequest {
             name: name.into(),
             content_id_prefix: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -349,6 +351,7 @@ async fn tracker_refuses_escaping_names_and_bad_peer_ids_on_every_call() {
             .who_has(tpb::WhoHasRequest {
                 name: name.clone(),
                 content_id_prefix: String::new(),
+                ..Default::default()
             })
             .await;
         assert_eq!(
@@ -407,6 +410,7 @@ async fn tracker_refuses_escaping_names_and_bad_peer_ids_on_every_call() {
             name: "ok".into(),
             size: 1,
             content_id,
+            ..Default::default()
         };
         assert_eq!(
             code(client.register(register("other", 7002, vec![file])).await),
@@ -418,6 +422,7 @@ async fn tracker_refuses_escaping_names_and_bad_peer_ids_on_every_call() {
             .who_has(tpb::WhoHasRequest {
                 name: "f".into(),
                 content_id_prefix: prefix.into(),
+                ..Default::default()
             })
             .await;
         assert_eq!(code(asked), Code::InvalidArgument, "prefix {prefix:?}");
@@ -517,6 +522,7 @@ async fn tracker_tokens_protect_a_registered_peer() {
         .who_has(tpb::WhoHasRequest {
             name: "planted".into(),
             content_id_prefix: String::new(),
+            ..Default::default()
         })
         .await;
     assert_eq!(code(planted), Code::NotFound);
@@ -620,6 +626,7 @@ async fn tracker_survives_huge_requests_and_absurd_sizes() {
             name: format!("{i:0>200}"),
             size: 1,
             content_id: cid.clone(),
+            ..Default::default()
         })
         .collect();
     let refused = client
@@ -660,6 +667,7 @@ async fn tracker_survives_huge_requests_and_absurd_sizes() {
         .who_has(tpb::WhoHasRequest {
             name: "f".into(),
             content_id_prefix: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

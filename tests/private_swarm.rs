@@ -316,6 +316,7 @@ async fn missing_or_wrong_key_is_unauthenticated_and_servers_keep_serving() {
         plain.who_has(tracker_pb::WhoHasRequest {
             name: FILE_NAME.to_string(),
             content_id_prefix: String::new(),
+            ..Default::default()
         }),
     )
     .await;

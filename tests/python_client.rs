@@ -478,6 +478,7 @@ impl Swarm {
             let request = WhoHasRequest {
                 name: name.to_string(),
                 content_id_prefix: String::new(),
+                ..Default::default()
             };
             let answer = runtime.block_on(async {
                 tokio::time::timeout(Duration::from_secs(5), client.who_has(request)).await

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{content, names_in, TestPeer, TestTracker};
+use common::{content, names_in, seeded_dir, IsolatedPeer, TestPeer, TestTracker};
 use p2pshare::chunking::ContentId;
 use p2pshare::pb::peer as pb;
 use p2pshare::pb::peer::peer_server::{Peer, PeerServer};
@@ -13,8 +13,6 @@ use p2pshare::peer::download::{Destination, DownloadError, DownloadRequest, Prog
 use p2pshare::peer::server::{PeerService, RateLimiter, ServeLimits};
 use p2pshare::peer::store::Store;
 use p2pshare::peer::{PeerConfig, PeerNode};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,6 +61,7 @@ async fn versions(tracker: &TestTracker, name: &str) -> Vec<String> {
         .who_has(tpb::WhoHasRequest {
             name: name.into(),
             content_id_prefix: String::new(),
+            ..Default::default()
         })
         .await
     {
@@ -83,6 +82,7 @@ async fn holders(tracker: &TestTracker, name: &str) -> Vec<String> {
         .who_has(tpb::WhoHasRequest {
             name: name.into(),
             content_id_prefix: String::new(),
+            ..Default::default()
         })
         .await
     {
@@ -95,72 +95,6 @@ async fn holders(tracker: &TestTracker, name: &str) -> Vec<String> {
         Err(s) if s.code() == tonic::Code::NotFound => vec![],
         Err(s) => panic!("WhoHas failed: {s}"),
     }
-}
-
-/// A peer running on its own runtime and thread, so that killing it drops every socket and task
-/// at once, as a crashed process would.
-struct IsolatedPeer {
-    addr: SocketAddr,
-    node: Arc<PeerNode>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl IsolatedPeer {
-    async fn start(id: &str, tracker: SocketAddr, dir: PathBuf, upload_rate: Option<u64>) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let id = id.to_string();
-        let node = runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut config = PeerConfig::new(&id, dir, &tracker.to_string());
-            config.limits = ServeLimits {
-                upload_rate: upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
-                ..ServeLimits::default()
-            };
-            config.stall_timeout = Duration::from_secs(2);
-            PeerNode::start(config, listener).await.unwrap().0
-        });
-        let node = node.await.unwrap();
-        IsolatedPeer {
-            addr: node.local_addr(),
-            node,
-            runtime: Some(runtime),
-        }
-    }
-
-    /// Dies without a word to anyone.
-    fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-
-    /// Runs `f` on this peer's runtime (it dies with the peer).
-    fn spawn<T: Send + 'static>(
-        &self,
-        f: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> tokio::task::JoinHandle<T> {
-        self.runtime.as_ref().unwrap().spawn(f)
-    }
-}
-
-impl Drop for IsolatedPeer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn seeded_dir(id: &str, files: &[(&str, &[u8])]) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join(id);
-    std::fs::create_dir_all(dir.join("files")).unwrap();
-    for (name, data) in files {
-        std::fs::write(dir.join("files").join(name), data).unwrap();
-    }
-    (tmp, dir)
 }
 
 /// How a [`FaultyHolder`] misbehaves in `GetBlocks`.
@@ -196,6 +130,18 @@ impl Peer for FaultyHolder {
         r: Request<pb::GetManifestRequest>,
     ) -> Result<Response<pb::GetManifestResponse>, Status> {
         self.inner.get_manifest(r).await
+    }
+    async fn get_pieces(
+        &self,
+        r: Request<pb::GetPiecesRequest>,
+    ) -> Result<Response<pb::GetPiecesResponse>, Status> {
+        self.inner.get_pieces(r).await
+    }
+    async fn get_holders(
+        &self,
+        r: Request<pb::GetHoldersRequest>,
+    ) -> Result<Response<pb::GetHoldersResponse>, Status> {
+        self.inner.get_holders(r).await
     }
     type GetBlocksStream = Blocks;
     async fn get_blocks(
@@ -240,6 +186,7 @@ async fn start_faulty(
             name: f.name.clone(),
             size: f.size,
             content_id: f.content_id().to_hex(),
+            ..Default::default()
         })
         .collect();
     let service = FaultyHolder {
@@ -276,7 +223,12 @@ async fn start_faulty(
 async fn a_corrupting_holder_is_dropped_and_the_file_is_still_exact() {
     let tracker = TestTracker::start(Duration::from_secs(10)).await;
     let data = content(6 * MIB + 123, 1);
-    let _honest = TestPeer::start("honest", tracker.addr, &[("f", &data)]).await;
+    // Slow enough (under a second for the file) that the liar gets units before the end: a
+    // download finishing first never asks every holder.
+    let _honest = TestPeer::start_with("honest", tracker.addr, &[("f", &data)], |c| {
+        c.limits.upload_rate = Some(Arc::new(RateLimiter::new(8 * MIB as u64)))
+    })
+    .await;
     let (_t, _stop) = start_faulty("liar", &tracker, &[("f", &data)], Fault::Corrupt).await;
     let me = TestPeer::start("me", tracker.addr, &[]).await;
 
@@ -347,7 +299,13 @@ async fn a_file_changed_after_sharing_is_caught_as_a_lie() {
 async fn a_stalled_or_failing_holder_hands_its_pieces_to_the_others() {
     let tracker = TestTracker::start(Duration::from_secs(10)).await;
     let data = content(8 * MIB, 4);
-    let _good = TestPeer::start("good", tracker.addr, &[("f", &data)]).await;
+    // The honest holder is slow enough (about 1 s for the file) that the staller's silence
+    // passes the stall timeout before the download is done: a download finishing first would
+    // simply cancel the straggler instead of dropping it.
+    let _good = TestPeer::start_with("good", tracker.addr, &[("f", &data)], |c| {
+        c.limits.upload_rate = Some(Arc::new(RateLimiter::new(8 * MIB as u64)))
+    })
+    .await;
     let (_t1, _s1) = start_faulty("staller", &tracker, &[("f", &data)], Fault::StallAfter(1)).await;
     let (_t2, _s2) = start_faulty("failer", &tracker, &[("f", &data)], Fault::FailAfter(1)).await;
     let me = TestPeer::start_with("me", tracker.addr, &[], |c| {

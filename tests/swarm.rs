@@ -88,6 +88,7 @@ async fn who_has(
     let request = tracker_pb::WhoHasRequest {
         name: name.into(),
         content_id_prefix: prefix.into(),
+        ..Default::default()
     };
     within("WhoHas", client.who_has(request))
         .await

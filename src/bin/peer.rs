@@ -46,6 +46,13 @@ struct Args {
     /// Seconds without data before a holder is given up on during a download.
     #[arg(long, default_value_t = 10)]
     stall_timeout: u64,
+    /// Holders one download is connected to at once (chosen at random among those it knows).
+    #[arg(long, default_value_t = p2pshare::peer::download::DEFAULT_MAX_HOLDERS)]
+    max_holders: usize,
+    /// Downloaders served at once; the others are choked (refused for a few seconds) and take
+    /// those pieces from other holders. Rotated every few seconds, peers that upload back first.
+    #[arg(long, default_value_t = p2pshare::peer::server::DEFAULT_UPLOAD_SLOTS)]
+    upload_slots: usize,
     /// Run these shell commands (repeat the flag, or separate commands with ';') and exit:
     /// status 0 if all succeeded, 1 otherwise.
     #[arg(long, value_name = "COMMANDS")]
@@ -112,11 +119,13 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
     let mut config = PeerConfig::new(&args.peer_id, dir.clone(), &tracker);
     config.advertise_host = args.advertise_addr.clone();
     config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
+    config.max_holders = args.max_holders.max(1);
     config.rescan_interval = Duration::from_secs(args.rescan_interval.max(1));
     config.set_swarm_security(args.swarm_key.clone(), tls);
     config.limits = ServeLimits {
         max_streams: args.max_streams.max(1),
         upload_rate: args.max_upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
+        upload_slots: args.upload_slots.max(1),
     };
     let (node, info) = PeerNode::start(config, listener)
         .await

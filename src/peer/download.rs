@@ -20,20 +20,27 @@
 //! Each download opens its own channels to its holders (they connect on the first call): two
 //! concurrent downloads from one holder use two connections, nothing is pooled across downloads.
 
+mod contact;
+pub(crate) mod known;
 mod partial;
+pub(crate) mod picker;
 mod request;
+mod transfer;
 mod version;
 mod worker;
 
 pub use crate::progress::Progress;
 pub(crate) use partial::ActiveDownloads;
 pub use request::{Destination, DownloadError, DownloadReport, DownloadRequest, HolderReport};
+pub use transfer::DEFAULT_MAX_HOLDERS;
 
-use crate::chunking::ContentId;
 use crate::grpc::ClientSecurity;
 use crate::names::validate_file_name;
-use crate::peer::store::{SharedFile, Store};
+use crate::peer::book::SwarmBook;
+use crate::peer::store::{GrowingFile, SharedFile, Store};
 use crate::peer::tracker_link::TrackerLink;
+use contact::Identity;
+use known::KnownHolders;
 use partial::Partial;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,7 +48,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument;
-use worker::Transfer;
+use transfer::{Setup, Transfer};
 
 /// Concurrent `GetBlocks` streams per holder: two keep a holder busy while the other stream's
 /// request is on its way.
@@ -56,7 +63,7 @@ pub(crate) struct Context<'a> {
     /// This peer's id (it is never one of the holders asked).
     pub(crate) peer_id: &'a str,
     /// Who holds what.
-    pub(crate) tracker: &'a TrackerLink,
+    pub(crate) tracker: &'a Arc<TrackerLink>,
     /// Where partial files live and finished files go.
     pub(crate) store: &'a Arc<Store>,
     /// How to call holders (swarm key, TLS).
@@ -65,6 +72,10 @@ pub(crate) struct Context<'a> {
     pub(crate) stall_timeout: Duration,
     /// Resumable partial files in use by this process's downloads.
     pub(crate) active: &'a ActiveDownloads,
+    /// What this peer heard about the swarm (holders for peer exchange, uploads to us).
+    pub(crate) book: &'a Arc<SwarmBook>,
+    /// Holders connected at once.
+    pub(crate) max_holders: usize,
 }
 
 /// Downloads `request` from the other holders in the swarm, counting into `progress`, until done
@@ -102,11 +113,9 @@ async fn download(
         }
         Some(Err(e)) => return Err(e.into()),
     };
+    let versions = version::parse_versions(versions);
     let (version, note) = version::pick_version(&versions, request)?;
-    let content_id: ContentId = version
-        .content_id
-        .parse()
-        .map_err(|_| DownloadError::NotFound(request.name.clone()))?;
+    let content_id = version.content_id;
     tracing::Span::current().record("id", tracing::field::display(content_id.short()));
     if request.destination == Destination::Files {
         if let Some(mine) = ctx.store.get(&request.name) {
@@ -118,16 +127,40 @@ async fn download(
     if version.holders.iter().all(|h| h.peer_id == ctx.peer_id) {
         return Err(DownloadError::NoOtherHolder(request.name.clone()));
     }
-    let holders = version::connect_holders(version, ctx.peer_id, ctx.security);
-
-    // What the file is.
-    let manifest = version::fetch_manifest(&request.name, content_id, version.size, &holders);
-    let manifest = Arc::new(
-        cancel
-            .run_until_cancelled(manifest)
-            .await
-            .ok_or(DownloadError::Cancelled)??,
+    // Who we are to holders: our id, and where our own Peer service listens (we serve what we
+    // have verified while downloading).
+    let me = Identity::new(
+        ctx.peer_id,
+        ctx.tracker
+            .session()
+            .map(|s| s.advertised_address)
+            .as_deref(),
     );
+    let mut known = KnownHolders::default();
+    for h in &version.holders {
+        if h.peer_id != ctx.peer_id {
+            known.learn(&h.peer_id, &h.address, h.partial);
+        }
+    }
+    for h in ctx
+        .book
+        .holders(&content_id, usize::MAX, ctx.peer_id, Instant::now())
+    {
+        known.learn(&h.peer_id, &h.address, h.partial);
+    }
+
+    // What the file is: the first valid manifest of the holders asked in parallel.
+    let (manifest, first) = contact::find_manifest(
+        &request.name,
+        content_id,
+        version.size,
+        &mut known,
+        ctx.security,
+        &me,
+        cancel,
+    )
+    .await?;
+    let manifest = Arc::new(manifest);
     let geometry = manifest.geometry();
     progress.total.store(geometry.size(), Ordering::Relaxed);
 
@@ -158,17 +191,40 @@ async fn download(
         tracing::debug!(resumed, "resuming from verified pieces");
     }
 
+    // A download into files/ serves its verified pieces from the start (a partial holder), and
+    // says so to the tracker, unless another file of that name is shared here (the tracker keys
+    // a peer's files by name).
+    let growing = (partial.is_resumable() && ctx.store.get(&request.name).is_none()).then(|| {
+        Arc::new(GrowingFile::new(
+            request.name.clone(),
+            manifest.clone(),
+            partial.path.clone(),
+            crate::chunking::Bitfield::from_flags(&done),
+        ))
+    });
+    let mut sharing = growing
+        .as_ref()
+        .map(|growing| Sharing::start(ctx, growing.clone()));
+
     // The transfer.
     let transfer = Arc::new(Transfer::new(
         manifest.clone(),
         done,
         partial.file.try_clone()?,
-        holders,
+        known,
         progress.clone(),
-        ctx.stall_timeout,
-        cancel.clone(),
+        Setup {
+            me,
+            my_id: ctx.peer_id.to_string(),
+            security: ctx.security.clone(),
+            book: ctx.book.clone(),
+            max_holders: ctx.max_holders.max(1),
+            stall_timeout: ctx.stall_timeout,
+            growing: growing.clone(),
+        },
+        cancel,
     ));
-    let outcome = transfer.run(&partial).await;
+    let outcome = transfer.run(ctx, &request.name, &partial, first).await;
     let missing = transfer.missing();
     let holder_reports = transfer.holder_reports();
     let fetched = transfer.fetched();
@@ -224,6 +280,10 @@ async fn download(
         Destination::Files => {
             let file = adopt(ctx.store.clone(), partial, request.name.clone(), manifest).await?;
             report.path = Some(file.path.clone());
+            // Served from files/ now; the announcement below replaces the partial one.
+            if let Some(sharing) = sharing.take() {
+                sharing.completed();
+            }
             let announce = ctx.tracker.announce(super::entry(&file));
             match cancel.run_until_cancelled(announce).await {
                 Some(Ok(())) => {}
@@ -238,6 +298,64 @@ async fn download(
     report.elapsed = started.elapsed();
     tracing::debug!(fetched, elapsed = ?report.elapsed, "done");
     Ok(report)
+}
+
+/// A download serving its verified pieces (a partial holder): registered in the store and
+/// announced to the tracker (in the background, so a slow or absent tracker costs the download
+/// nothing) for as long as it lasts. Dropped without [`Sharing::completed`] (failure,
+/// cancellation), it stops serving and withdraws the announcement.
+struct Sharing {
+    store: Arc<Store>,
+    tracker: Arc<TrackerLink>,
+    growing: Arc<GrowingFile>,
+    done: bool,
+}
+
+impl Sharing {
+    fn start(ctx: &Context<'_>, growing: Arc<GrowingFile>) -> Self {
+        ctx.store.growing().insert(growing.clone());
+        let tracker = ctx.tracker.clone();
+        let entry = super::partial_entry(&growing);
+        tokio::spawn(
+            async move {
+                if let Err(e) = tracker.announce(entry).await {
+                    tracing::debug!("partial announcement deferred to the next registration: {e}");
+                }
+            }
+            .in_current_span(),
+        );
+        Sharing {
+            store: ctx.store.clone(),
+            tracker: ctx.tracker.clone(),
+            growing,
+            done: false,
+        }
+    }
+
+    /// The file is whole and in `files/`: stop serving the partial file, keep the announcement
+    /// (the caller announces the whole file).
+    fn completed(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Sharing {
+    fn drop(&mut self) {
+        self.store.growing().remove(&self.growing);
+        if self.done {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let tracker = self.tracker.clone();
+        let name = self.growing.name.clone();
+        runtime.spawn(async move {
+            if let Err(e) = tracker.withdraw(&name).await {
+                tracing::debug!("withdrawing the partial announcement failed: {e}");
+            }
+        });
+    }
 }
 
 /// Makes the finished partial file durable and moves it into `files/` (the store refuses to

@@ -28,19 +28,24 @@
 mod limits;
 mod stream;
 
+pub use crate::peer::choke::DEFAULT_UPLOAD_SLOTS;
 pub use limits::{RateLimiter, ServeLimits};
 
+use crate::chunking::{Bitfield, Manifest};
 use crate::chunking::{ContentId, BLOCK_SIZE};
 use crate::names::{validate_file_name, NameError};
 use crate::pb::peer as pb;
 use crate::pb::peer::peer_server::{Peer, PeerServer};
-use crate::peer::store::{SharedFile, Store};
+use crate::peer::book::{SwarmBook, MAX_EXCHANGED};
+use crate::peer::choke::{Admission, Choker};
+use crate::peer::store::{GrowingFile, SharedFile, Store};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use stream::{idle_watchdog, IdleClock, ReadJob};
+use std::time::Instant;
+use stream::{idle_watchdog, IdleClock, ReadJob, UploadSlot};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -60,6 +65,10 @@ pub const DEFAULT_MAX_STREAMS: usize = 128;
 pub(crate) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request message the Peer service decodes: requests are a few hundred bytes.
 pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Metadata a downloader sends with its peer id (a claim: for fairness and peer exchange only).
+pub(crate) const PEER_ID_HEADER: &str = "x-p2pshare-peer-id";
+/// Metadata a downloader sends with the address of its own Peer service (a claim).
+pub(crate) const PEER_ADDRESS_HEADER: &str = "x-p2pshare-peer-address";
 
 /// Errors of the Peer service. Each becomes a gRPC status with its own code (see the `From` impl
 /// below), so clients in any language can act on it.
@@ -87,6 +96,22 @@ pub(crate) enum ServeError {
     /// Too many streams at once.
     #[error("peer busy: {0} concurrent streams already; retry later or ask another holder")]
     Busy(usize),
+    /// Every upload slot is taken by other downloaders (choked).
+    #[error("choked: serving {slots} other downloaders; retry in {retry:?} or ask another holder")]
+    Choked {
+        /// Downloaders served at once.
+        slots: usize,
+        /// When the served set is next recomputed.
+        retry: Duration,
+    },
+    /// A partial holder does not have every piece of the range yet.
+    #[error("this peer has not got blocks {first}..{end} yet (it is still downloading the file; ask GetPieces)")]
+    NotYet {
+        /// First block asked for.
+        first: u64,
+        /// One past the last block asked for.
+        end: u64,
+    },
     /// The client read nothing for the idle timeout.
     #[error("stream ended: the client read nothing for {0:?}")]
     Stalled(Duration),
@@ -110,7 +135,8 @@ impl From<ServeError> for Status {
             }
             ServeError::NotShared(_) => Status::not_found(message),
             ServeError::OutOfRange { .. } => Status::out_of_range(message),
-            ServeError::Busy(_) => Status::resource_exhausted(message),
+            ServeError::Busy(_) | ServeError::Choked { .. } => Status::resource_exhausted(message),
+            ServeError::NotYet { .. } => Status::failed_precondition(message),
             ServeError::Stalled(_) => Status::deadline_exceeded(message),
             ServeError::ChangedOnDisk(_) => Status::data_loss(message),
             ServeError::ShuttingDown => Status::unavailable(message),
@@ -128,6 +154,73 @@ pub struct PeerService {
     idle_timeout: Duration,
     /// Every stream runs under a child of it.
     shutdown: CancellationToken,
+    /// Who holds what and who uploaded to us (shared with the node's downloads).
+    book: Arc<SwarmBook>,
+    /// Which downloaders are served now.
+    choker: Arc<std::sync::Mutex<Choker>>,
+    /// Bytes of blocks sent, all streams together.
+    uploaded: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A file as served: whole (in `files/`) or growing (a download in progress: verified pieces).
+enum Served {
+    Whole(SharedFile),
+    Growing(Arc<GrowingFile>),
+}
+
+impl Served {
+    fn name(&self) -> &str {
+        match self {
+            Served::Whole(f) => &f.name,
+            Served::Growing(f) => &f.name,
+        }
+    }
+
+    fn manifest(&self) -> &Arc<Manifest> {
+        match self {
+            Served::Whole(f) => &f.manifest,
+            Served::Growing(f) => &f.manifest,
+        }
+    }
+}
+
+/// Who is asking, as far as the request says: its claimed peer id and listening address (both
+/// checked for shape, never trusted), and the key the choker knows it by.
+struct Requester {
+    key: String,
+    peer_id: Option<String>,
+    address: Option<String>,
+}
+
+impl Requester {
+    fn of<T>(request: &Request<T>) -> Self {
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let peer_id =
+            header(PEER_ID_HEADER).filter(|id| crate::names::validate_peer_id(id).is_ok());
+        let address =
+            header(PEER_ADDRESS_HEADER).filter(|a| crate::names::peer_address(a).is_some());
+        let ip = request.remote_addr().map_or_else(
+            || "unknown".to_string(),
+            |a| a.ip().to_canonical().to_string(),
+        );
+        // One downloader is one key however many streams and downloads it runs; without a
+        // claimed id, its IP address.
+        let key = match &peer_id {
+            Some(id) => id.clone(),
+            None => format!("ip:{ip}"),
+        };
+        Requester {
+            key,
+            peer_id,
+            address,
+        }
+    }
 }
 
 impl PeerService {
@@ -136,10 +229,28 @@ impl PeerService {
         PeerService {
             store,
             streams: Arc::new(Semaphore::new(limits.max_streams)),
+            choker: Arc::new(std::sync::Mutex::new(Choker::new(
+                limits.upload_slots,
+                Instant::now(),
+            ))),
             limits,
             idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             shutdown: CancellationToken::new(),
+            book: Arc::default(),
+            uploaded: Arc::default(),
         }
+    }
+
+    /// The running count of bytes of blocks this service has sent.
+    pub(crate) fn uploaded(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.uploaded.clone()
+    }
+
+    /// Shares `book` with the node's downloads: peer exchange answers from it, requesters are
+    /// recorded in it, and the choker prefers those it says uploaded to us.
+    pub(crate) fn with_book(mut self, book: Arc<SwarmBook>) -> Self {
+        self.book = book;
+        self
     }
 
     /// Ends every `GetBlocks` stream in flight (UNAVAILABLE, "peer shutting down") once `token`
@@ -166,7 +277,8 @@ impl PeerService {
         )
     }
 
-    fn resolve(&self, selector: Option<pb::FileSelector>) -> Result<SharedFile, ServeError> {
+    /// The file a selector names: a shared file, or (by content id only) a download in progress.
+    fn resolve(&self, selector: Option<pb::FileSelector>) -> Result<Served, ServeError> {
         let selector = selector.unwrap_or_default();
         let content_id = if selector.content_id.is_empty() {
             None
@@ -181,16 +293,26 @@ impl PeerService {
         if !selector.name.is_empty() {
             validate_file_name(&selector.name)?;
         }
+        let growing = |cid: &ContentId| self.store.growing().get(cid).map(Served::Growing);
         let file = match (selector.name.as_str(), content_id) {
             ("", None) => {
                 return Err(ServeError::InvalidArgument(
                     "file: name or content_id is required".into(),
                 ))
             }
-            ("", Some(cid)) => self.store.by_content(&cid),
-            (name, None) => self.store.get(name),
+            ("", Some(cid)) => self
+                .store
+                .by_content(&cid)
+                .map(Served::Whole)
+                .or_else(|| growing(&cid)),
+            (name, None) => self.store.get(name).map(Served::Whole),
             // The named file, and only if it still has that content.
-            (name, Some(cid)) => self.store.get(name).filter(|f| f.content_id() == cid),
+            (name, Some(cid)) => self
+                .store
+                .get(name)
+                .filter(|f| f.content_id() == cid)
+                .map(Served::Whole)
+                .or_else(|| growing(&cid).filter(|g| g.name() == name)),
         };
         file.ok_or_else(|| {
             ServeError::NotShared(match content_id {
@@ -199,6 +321,15 @@ impl PeerService {
                 None => format!("{:?}", selector.name),
             })
         })
+    }
+
+    /// Remembers a downloader that said where it listens as a (partial) holder of `content_id`,
+    /// for peer exchange.
+    fn remember(&self, requester: &Requester, content_id: ContentId) {
+        if let (Some(id), Some(address)) = (&requester.peer_id, &requester.address) {
+            self.book
+                .learn(content_id, id, address, true, Instant::now());
+        }
     }
 }
 
@@ -211,13 +342,13 @@ impl Peer for PeerService {
         request: Request<pb::GetFileInfoRequest>,
     ) -> Result<Response<pb::GetFileInfoResponse>, Status> {
         let file = self.resolve(request.into_inner().file)?;
-        let g = file.manifest.geometry();
+        let g = file.manifest().geometry();
         Ok(Response::new(pb::GetFileInfoResponse {
-            name: file.name.clone(),
+            name: file.name().to_string(),
             size: g.size(),
             block_size: BLOCK_SIZE,
             block_count: g.block_count(),
-            content_id: file.content_id().to_hex(),
+            content_id: file.manifest().content_id().to_hex(),
             piece_size: g.piece_size(),
             piece_count: g.piece_count(),
         }))
@@ -228,7 +359,7 @@ impl Peer for PeerService {
         request: Request<pb::GetManifestRequest>,
     ) -> Result<Response<pb::GetManifestResponse>, Status> {
         let file = self.resolve(request.into_inner().file)?;
-        let m = &file.manifest;
+        let m = file.manifest();
         Ok(Response::new(pb::GetManifestResponse {
             content_id: m.content_id().to_hex(),
             size: m.geometry().size(),
@@ -250,6 +381,7 @@ impl Peer for PeerService {
         let remote = request
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let requester = Requester::of(&request);
         let req = request.into_inner();
         if self.shutdown.is_cancelled() {
             return Err(ServeError::ShuttingDown.into());
@@ -260,7 +392,8 @@ impl Peer for PeerService {
             );
         }
         let file = self.resolve(req.file)?;
-        let geometry = file.manifest.geometry();
+        let manifest = file.manifest().clone();
+        let geometry = manifest.geometry();
         let range = geometry
             .block_bytes(req.first_block, req.block_count)
             .ok_or(ServeError::OutOfRange {
@@ -268,25 +401,67 @@ impl Peer for PeerService {
                 end: req.first_block as u128 + req.block_count as u128,
                 count: geometry.block_count(),
             })?;
+        self.remember(&requester, manifest.content_id());
+        if let Served::Growing(growing) = &file {
+            // Only verified pieces: every piece the range touches must be done.
+            let pieces = geometry.pieces_of_bytes(range.clone());
+            if !growing.has_all(pieces) {
+                return Err(ServeError::NotYet {
+                    first: req.first_block,
+                    end: req.first_block + req.block_count,
+                }
+                .into());
+            }
+        }
+        let admission = {
+            let book = self.book.clone();
+            let received = move |key: &str| book.received(key);
+            self.choker.lock().unwrap_or_else(|e| e.into_inner()).admit(
+                &requester.key,
+                Instant::now(),
+                &received,
+            )
+        };
+        let slot = match admission {
+            Admission::Unchoked => UploadSlot {
+                choker: self.choker.clone(),
+                key: requester.key.clone(),
+                sent: Default::default(),
+                total: self.uploaded.clone(),
+            },
+            Admission::Choked(retry) => {
+                return Err(ServeError::Choked {
+                    slots: self.limits.upload_slots,
+                    retry,
+                }
+                .into())
+            }
+        };
         let permit = self
             .streams
             .clone()
             .try_acquire_owned()
             .map_err(|_| ServeError::Busy(self.limits.max_streams))?;
         let files_dir = self.store.files_dir().to_path_buf();
-        let (file, opened) = tokio::task::spawn_blocking(move || {
-            let opened = open_inside(&files_dir, &file)?;
+        let name = file.name().to_string();
+        let opened = tokio::task::spawn_blocking(move || {
+            let opened = match &file {
+                Served::Whole(shared) => open_inside(&files_dir, shared)?,
+                Served::Growing(growing) => std::fs::File::open(&growing.path).map_err(|_| {
+                    ServeError::NotShared(format!("{:?} (its download ended)", growing.name))
+                })?,
+            };
             if opened.metadata()?.len() != geometry.size() {
-                return Err(ServeError::ChangedOnDisk(file.name.clone()));
+                return Err(ServeError::ChangedOnDisk(file.name().to_string()));
             }
-            Ok((file, opened))
+            Ok(opened)
         })
         .await
         .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
         let span = tracing::info_span!(
             "serve",
             remote = %remote,
-            file = %file.name,
+            file = %name,
             blocks = %format_args!("{}..{}", req.first_block, req.first_block as u128 + req.block_count as u128),
         );
         // One slot more than the read-ahead: it stays free for the final status (see `send`).
@@ -297,7 +472,7 @@ impl Peer for PeerService {
             idle_watchdog(clock.clone(), self.idle_timeout, stop.clone()).instrument(span.clone()),
         );
         let job = ReadJob {
-            file,
+            name,
             opened,
             first_block: req.first_block,
             range,
@@ -308,6 +483,7 @@ impl Peer for PeerService {
             stop,
             runtime: tokio::runtime::Handle::current(),
             _permit: permit,
+            slot: Some(slot),
         };
         // Spans do not follow a closure onto a blocking thread by themselves.
         tokio::task::spawn_blocking(move || {
@@ -316,6 +492,49 @@ impl Peer for PeerService {
             job.run(tx);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_pieces(
+        &self,
+        request: Request<pb::GetPiecesRequest>,
+    ) -> Result<Response<pb::GetPiecesResponse>, Status> {
+        let requester = Requester::of(&request);
+        let file = self.resolve(request.into_inner().file)?;
+        let manifest = file.manifest();
+        self.remember(&requester, manifest.content_id());
+        let pieces = manifest.geometry().piece_count();
+        let have = match &file {
+            Served::Whole(_) => Bitfield::full(pieces),
+            Served::Growing(growing) => growing.have(),
+        };
+        Ok(Response::new(pb::GetPiecesResponse {
+            content_id: manifest.content_id().to_hex(),
+            piece_count: pieces,
+            complete: have.is_full(),
+            bitfield: bytes::Bytes::copy_from_slice(have.as_bytes()),
+        }))
+    }
+
+    async fn get_holders(
+        &self,
+        request: Request<pb::GetHoldersRequest>,
+    ) -> Result<Response<pb::GetHoldersResponse>, Status> {
+        let requester = Requester::of(&request);
+        let content_id: ContentId = request.into_inner().content_id.parse().map_err(
+            |e: crate::chunking::ChunkingError| ServeError::InvalidArgument(e.to_string()),
+        )?;
+        let except = requester.peer_id.as_deref().unwrap_or("");
+        let holders = self
+            .book
+            .holders(&content_id, MAX_EXCHANGED, except, Instant::now())
+            .into_iter()
+            .map(|h| pb::KnownHolder {
+                peer_id: h.peer_id,
+                address: h.address,
+                partial: h.partial,
+            })
+            .collect();
+        Ok(Response::new(pb::GetHoldersResponse { holders }))
     }
 }
 

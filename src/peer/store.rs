@@ -9,6 +9,9 @@
 //! ```
 
 mod cache;
+mod growing;
+
+pub(crate) use growing::{GrowingFile, GrowingFiles};
 
 use crate::chunking::{ContentId, Manifest};
 use crate::names::validate_file_name;
@@ -88,6 +91,8 @@ pub struct Store {
     partial_dir: PathBuf,
     shared: Mutex<BTreeMap<String, SharedFile>>,
     cache: HashCache,
+    /// Downloads in progress whose verified pieces are served (partial holder).
+    growing: GrowingFiles,
 }
 
 fn mtime_ns(meta: &fs::Metadata) -> u128 {
@@ -122,9 +127,15 @@ impl Store {
                 cache: HashCache::new(state_dir.join("hash-cache.json"), partial_dir.clone()),
                 partial_dir,
                 shared: Mutex::new(BTreeMap::new()),
+                growing: GrowingFiles::default(),
             },
             created,
         ))
+    }
+
+    /// Files being downloaded whose verified pieces this peer serves.
+    pub(crate) fn growing(&self) -> &GrowingFiles {
+        &self.growing
     }
 
     /// The peer's root directory.

@@ -249,6 +249,7 @@ impl TrackerLink {
         let request = pb::WhoHasRequest {
             name: name.to_string(),
             content_id_prefix: content_id_prefix.to_string(),
+            ..Default::default()
         };
         self.call("WhoHas", |mut c| async move { c.who_has(request).await })
             .await

@@ -2,7 +2,7 @@
 //! (`advertise_host`, checked to be something a peer can dial) or the IP its request came from.
 
 use super::TrackerError;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 /// The address others will be told for a registering peer: `advertise_host` (checked) or the IP
 /// the request came from, with `port`.
@@ -25,41 +25,12 @@ pub(super) fn advertised_address(
         })?;
         return Ok(SocketAddr::new(ip, port).to_string());
     }
-    advertise_host_address(advertise_host, port).ok_or_else(|| {
+    crate::names::host_port(advertise_host, port).ok_or_else(|| {
         TrackerError::InvalidArgument(format!(
             "advertise_host {:?} is not a host name or a unicast IP address",
             advertise_host.chars().take(64).collect::<String>()
         ))
     })
-}
-
-/// `host:port` for a claimed host: an IP address (IPv6 with or without brackets) that can be
-/// connected to, or a DNS host name (labels of letters, digits and inner hyphens, at most 253
-/// bytes, not ending in an all-numeric label, so `999.1.1.1` is not taken for a name).
-fn advertise_host_address(host: &str, port: u16) -> Option<String> {
-    let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
-    if let Ok(ip) = unbracketed.unwrap_or(host).parse::<IpAddr>() {
-        let ip = ip.to_canonical();
-        let unusable =
-            ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST);
-        return (!unusable).then(|| SocketAddr::new(ip, port).to_string());
-    }
-    if unbracketed.is_some() || host.len() > 253 {
-        return None;
-    }
-    let label_ok = |label: &str| {
-        (1..=63).contains(&label.len())
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    };
-    let last_numeric = host
-        .rsplit('.')
-        .next()
-        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
-    (host.split('.').all(label_ok) && !last_numeric).then(|| format!("{host}:{port}"))
 }
 
 #[cfg(test)]

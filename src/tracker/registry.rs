@@ -6,6 +6,7 @@ use super::TrackerError;
 use crate::chunking::ContentId;
 use crate::names::{validate_file_name, validate_peer_id};
 use crate::pb::tracker as pb;
+use rand::seq::SliceRandom;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -16,12 +17,17 @@ pub(crate) const MISSED_HEARTBEATS_BEFORE_DROP: u32 = 3;
 /// Most files one peer may have in its catalog: the registry's memory per peer is bounded.
 /// Registering or announcing past it is refused with RESOURCE_EXHAUSTED.
 pub(crate) const MAX_FILES_PER_PEER: usize = 100_000;
+/// Most holders per version in a `WhoHas` answer when the request does not ask for fewer: a
+/// popular file's answer stays small, and a random sample spreads a crowd over its holders.
+pub(crate) const DEFAULT_MAX_HOLDERS: u32 = 200;
 
 /// A file as the registry knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct FileRecord {
     size: u64,
     content_id: ContentId,
+    /// The peer is still downloading it and serves only the pieces it has.
+    partial: bool,
 }
 
 #[derive(Debug)]
@@ -87,6 +93,7 @@ impl TryFrom<pb::FileEntry> for CheckedFile {
             record: FileRecord {
                 size: entry.size,
                 content_id,
+                partial: entry.partial,
             },
         })
     }
@@ -256,11 +263,14 @@ impl Registry {
     }
 
     /// The versions of `name` (optionally only content ids starting with `prefix`) with their live
-    /// holders, most holders first.
+    /// holders, most complete holders first. A version with more than `max_holders` holders (0 or
+    /// more than [`DEFAULT_MAX_HOLDERS`]: that) lists a random sample of them, complete holders
+    /// before partial ones.
     pub(super) fn who_has(
         &self,
         name: &str,
         prefix: &str,
+        max_holders: u32,
         now: Instant,
     ) -> Result<Vec<pb::FileVersion>, TrackerError> {
         validate_file_name(name)?;
@@ -269,30 +279,53 @@ impl Registry {
                 "content id prefix {prefix:?} is not lowercase hexadecimal"
             )));
         }
+        let limit = match max_holders {
+            0 => DEFAULT_MAX_HOLDERS,
+            n => n.min(DEFAULT_MAX_HOLDERS),
+        } as usize;
         let expiry = self.expiry();
-        let mut versions: Vec<pb::FileVersion> = self
-            .index
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter(|((cid, _), _)| cid.to_hex().starts_with(prefix))
-            .map(|((cid, size), holders)| pb::FileVersion {
-                name: name.to_string(),
-                size: *size,
-                content_id: cid.to_hex(),
-                holders: holders
-                    .iter()
-                    .filter_map(|id| {
-                        let peer = self.peers.get(id)?;
-                        (now.duration_since(peer.last_seen) < expiry).then(|| pb::Holder {
-                            peer_id: id.clone(),
-                            address: peer.address.clone(),
-                        })
+        let mut rng = rand::rng();
+        // (complete holders in all, version) so versions sort by what can really be downloaded.
+        let mut versions: Vec<(usize, usize, pb::FileVersion)> = Vec::new();
+        for ((cid, size), holder_ids) in self.index.get(name).into_iter().flatten() {
+            if !cid.to_hex().starts_with(prefix) {
+                continue;
+            }
+            let (mut partial, mut complete): (Vec<pb::Holder>, Vec<pb::Holder>) = holder_ids
+                .iter()
+                .filter_map(|id| {
+                    let peer = self.peers.get(id)?;
+                    (now.duration_since(peer.last_seen) < expiry).then(|| pb::Holder {
+                        peer_id: id.clone(),
+                        address: peer.address.clone(),
+                        partial: peer.files.get(name).is_some_and(|f| f.partial),
                     })
-                    .collect(),
-            })
-            .filter(|v| !v.holders.is_empty())
-            .collect();
+                })
+                .partition(|h| h.partial);
+            let (complete_count, total) = (complete.len(), complete.len() + partial.len());
+            if total == 0 {
+                continue;
+            }
+            if total > limit {
+                complete.shuffle(&mut rng);
+                complete.truncate(limit);
+                partial.shuffle(&mut rng);
+                partial.truncate(limit - complete.len());
+            }
+            let mut holders = complete;
+            holders.append(&mut partial);
+            holders.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+            versions.push((
+                complete_count,
+                total,
+                pb::FileVersion {
+                    name: name.to_string(),
+                    size: *size,
+                    content_id: cid.to_hex(),
+                    holders,
+                },
+            ));
+        }
         if versions.is_empty() {
             return Err(TrackerError::UnknownFile(if prefix.is_empty() {
                 format!("{name:?}")
@@ -300,14 +333,13 @@ impl Registry {
                 format!("{name:?} with a content id starting {prefix}")
             }));
         }
-        versions.sort_by(|a, b| {
-            b.holders
-                .len()
-                .cmp(&a.holders.len())
+        versions.sort_by(|(ca, ta, a), (cb, tb, b)| {
+            cb.cmp(ca)
+                .then_with(|| tb.cmp(ta))
                 .then_with(|| a.content_id.cmp(&b.content_id))
                 .then_with(|| a.size.cmp(&b.size))
         });
-        Ok(versions)
+        Ok(versions.into_iter().map(|(_, _, v)| v).collect())
     }
 
     /// Live peers, sorted by id.
@@ -342,12 +374,22 @@ impl Registry {
             .iter()
             .flat_map(|(name, versions)| {
                 versions.iter().filter_map(move |((cid, size), holders)| {
-                    let count = holders.iter().filter(|h| alive(h)).count() as u32;
-                    (count > 0).then(|| pb::FileSummary {
+                    let live: Vec<&String> = holders.iter().filter(|h| alive(h)).collect();
+                    let partial = live
+                        .iter()
+                        .filter(|h| {
+                            self.peers
+                                .get(**h)
+                                .and_then(|p| p.files.get(name))
+                                .is_some_and(|f| f.partial)
+                        })
+                        .count();
+                    (!live.is_empty()).then(|| pb::FileSummary {
                         name: name.clone(),
                         size: *size,
                         content_id: cid.to_hex(),
-                        holder_count: count,
+                        holder_count: live.len() as u32,
+                        partial_holder_count: partial as u32,
                     })
                 })
             })
@@ -413,12 +455,88 @@ mod tests {
             name: name.into(),
             size: content.len() as u64,
             content_id: ContentId::of(content).to_hex(),
+            partial: false,
         })
         .unwrap()
     }
 
+    fn partial_file(name: &str, content: &[u8]) -> CheckedFile {
+        CheckedFile::try_from(pb::FileEntry {
+            name: name.into(),
+            size: content.len() as u64,
+            content_id: ContentId::of(content).to_hex(),
+            partial: true,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn partial_holders_are_listed_apart_and_complete_replaces_partial() {
+        let now = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(10));
+        r.register("S", "s:1".into(), None, "", vec![file("f", b"x")], now)
+            .unwrap();
+        let d = r
+            .register("D", "d:1".into(), None, "", vec![], now)
+            .unwrap();
+        r.announce("D", &d.token, partial_file("f", b"x"), now)
+            .unwrap();
+        let versions = r.who_has("f", "", 0, now).unwrap();
+        let flags: Vec<(String, bool)> = versions[0]
+            .holders
+            .iter()
+            .map(|h| (h.peer_id.clone(), h.partial))
+            .collect();
+        assert_eq!(flags, [("D".into(), true), ("S".into(), false)]);
+        let summary = &r.files(now)[0];
+        assert_eq!((summary.holder_count, summary.partial_holder_count), (2, 1));
+        r.announce("D", &d.token, file("f", b"x"), now).unwrap();
+        assert!(r.who_has("f", "", 0, now).unwrap()[0]
+            .holders
+            .iter()
+            .all(|h| !h.partial));
+        assert_eq!(r.files(now)[0].partial_holder_count, 0);
+    }
+
+    #[test]
+    fn crowded_versions_list_a_bounded_sample_complete_first() {
+        let now = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(10));
+        for i in 0..300 {
+            let id = format!("P{i}");
+            let entry = if i < 5 {
+                file("f", b"x")
+            } else {
+                partial_file("f", b"x")
+            };
+            r.register(&id, format!("h{i}:1"), None, "", vec![entry], now)
+                .unwrap();
+        }
+        let all = &r.who_has("f", "", 0, now).unwrap()[0].holders;
+        assert_eq!(all.len(), DEFAULT_MAX_HOLDERS as usize);
+        assert_eq!(all.iter().filter(|h| !h.partial).count(), 5);
+        assert!(all.windows(2).all(|w| w[0].peer_id < w[1].peer_id));
+        let few = &r.who_has("f", "", 3, now).unwrap()[0].holders;
+        assert_eq!(few.len(), 3);
+        assert!(few.iter().all(|h| !h.partial), "complete holders first");
+        // Versions with complete holders come before a crowd of partial ones.
+        for i in 0..3 {
+            r.register(
+                &format!("Q{i}"),
+                format!("q{i}:1"),
+                None,
+                "",
+                vec![file("f", b"y")],
+                now,
+            )
+            .unwrap();
+        }
+        let versions = r.who_has("f", "", 0, now).unwrap();
+        assert_eq!(versions[0].content_id, ContentId::of(b"x").to_hex());
+    }
+
     fn holders(r: &Registry, name: &str, now: Instant) -> Vec<Vec<String>> {
-        match r.who_has(name, "", now) {
+        match r.who_has(name, "", 0, now) {
             Ok(versions) => versions
                 .into_iter()
                 .map(|v| v.holders.into_iter().map(|h| h.peer_id).collect())
@@ -478,11 +596,11 @@ mod tests {
             .unwrap();
         assert_eq!(holders(&r, "f", now), vec![vec!["B", "C"], vec!["A"]]);
         let old = ContentId::of(b"old").to_hex();
-        let only_old = r.who_has("f", &old[..6], now).unwrap();
+        let only_old = r.who_has("f", &old[..6], 0, now).unwrap();
         assert_eq!(only_old.len(), 1);
         assert_eq!(only_old[0].content_id, old);
-        assert!(r.who_has("f", "XYZ", now).is_err());
-        let missing = r.who_has("f", "ffff", now).unwrap_err();
+        assert!(r.who_has("f", "XYZ", 0, now).is_err());
+        let missing = r.who_has("f", "ffff", 0, now).unwrap_err();
         assert_eq!(
             missing.to_string(),
             "no peer holds \"f\" with a content id starting ffff"
@@ -561,6 +679,7 @@ mod tests {
             name: "f".into(),
             size: u64::MAX,
             content_id: ContentId::of(b"true").to_hex(),
+            partial: false,
         })
         .unwrap();
         let mut other = liar.clone();
@@ -571,7 +690,7 @@ mod tests {
             .unwrap();
         r.register("I", "i:1".into(), None, "", vec![file("f", b"true")], now)
             .unwrap();
-        let versions = r.who_has("f", "", now).unwrap();
+        let versions = r.who_has("f", "", 0, now).unwrap();
         assert_eq!(versions.len(), 2);
         assert_eq!((versions[0].size, versions[0].holders.len()), (4, 2));
         assert_eq!((versions[1].size, versions[1].holders.len()), (u64::MAX, 1));
@@ -589,6 +708,7 @@ mod tests {
                 record: FileRecord {
                     size: 1,
                     content_id: ContentId([0; 32]),
+                    partial: false,
                 },
             })
             .collect();
@@ -614,11 +734,12 @@ mod tests {
         assert!(r
             .register("a/b", "x:1".into(), None, "", vec![], now)
             .is_err());
-        assert!(r.who_has("../etc", "", now).is_err());
+        assert!(r.who_has("../etc", "", 0, now).is_err());
         assert!(CheckedFile::try_from(pb::FileEntry {
             name: "ok".into(),
             size: 1,
-            content_id: "nothex".into()
+            content_id: "nothex".into(),
+            partial: false,
         })
         .is_err());
     }

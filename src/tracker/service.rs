@@ -188,8 +188,14 @@ impl Tracker for TrackerService {
         let span = request_span("WhoHas", request.remote_addr(), None);
         in_span(span, async move {
             let req = request.into_inner();
-            let versions =
-                self.with(|r| r.who_has(&req.name, &req.content_id_prefix, Instant::now()))?;
+            let versions = self.with(|r| {
+                r.who_has(
+                    &req.name,
+                    &req.content_id_prefix,
+                    req.max_holders,
+                    Instant::now(),
+                )
+            })?;
             Ok(pb::WhoHasResponse { versions })
         })
         .await

@@ -11,6 +11,7 @@
 use p2pshare::peer::download::{
     Destination, DownloadError, DownloadReport, DownloadRequest, Progress,
 };
+use p2pshare::peer::server::{RateLimiter, ServeLimits};
 use p2pshare::peer::{PeerConfig, PeerNode};
 use p2pshare::tracker::TrackerConfig;
 use std::net::SocketAddr;
@@ -162,6 +163,106 @@ impl TestPeer {
             )
             .await
     }
+}
+
+/// A peer running on its own runtime and thread, so that killing it drops every socket and task
+/// at once, as a crashed process would.
+pub struct IsolatedPeer {
+    pub addr: SocketAddr,
+    pub node: Arc<PeerNode>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl IsolatedPeer {
+    pub async fn start(
+        id: &str,
+        tracker: SocketAddr,
+        dir: PathBuf,
+        upload_rate: Option<u64>,
+    ) -> Self {
+        Self::start_at(
+            "127.0.0.1:0".parse().unwrap(),
+            id,
+            tracker,
+            dir,
+            upload_rate,
+        )
+        .await
+    }
+
+    /// Starts it listening on `bind` (a restart on the address it had: the same port).
+    pub async fn start_at(
+        bind: SocketAddr,
+        id: &str,
+        tracker: SocketAddr,
+        dir: PathBuf,
+        upload_rate: Option<u64>,
+    ) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let id = id.to_string();
+        let node = runtime.spawn(async move {
+            // The address may still be held for a moment by a killed predecessor's runtime.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let listener = loop {
+                match tokio::net::TcpListener::bind(bind).await {
+                    Ok(listener) => break listener,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("cannot bind {bind}: {e}"),
+                }
+            };
+            let mut config = PeerConfig::new(&id, dir, &tracker.to_string());
+            config.limits = ServeLimits {
+                upload_rate: upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
+                ..ServeLimits::default()
+            };
+            config.stall_timeout = Duration::from_secs(2);
+            PeerNode::start(config, listener).await.unwrap().0
+        });
+        let node = node.await.unwrap();
+        IsolatedPeer {
+            addr: node.local_addr(),
+            node,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Dies without a word to anyone.
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Runs `f` on this peer's runtime (it dies with the peer).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.runtime.as_ref().unwrap().spawn(f)
+    }
+}
+
+impl Drop for IsolatedPeer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn seeded_dir(id: &str, files: &[(&str, &[u8])]) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(id);
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    for (name, data) in files {
+        std::fs::write(dir.join("files").join(name), data).unwrap();
+    }
+    (tmp, dir)
 }
 
 /// Deterministic pseudo-random content.

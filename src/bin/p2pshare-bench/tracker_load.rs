@@ -22,6 +22,7 @@ fn synthetic_files(peer: u32, peers: u32, files: u32) -> Vec<tpb::FileEntry> {
                 content_id: ContentId::of(name.as_bytes()).to_hex(),
                 size: 1 << 20,
                 name,
+                ..Default::default()
             }
         })
         .collect()
@@ -110,6 +111,7 @@ async fn who_has_load(
             client.who_has(tpb::WhoHasRequest {
                 name: synthetic_name(0),
                 content_id_prefix: String::new(),
+                ..Default::default()
             }),
         )
         .await;
@@ -132,6 +134,7 @@ async fn who_has_load(
                     let request = tpb::WhoHasRequest {
                         name: synthetic_name((seed % names.max(1) as u64) as u32),
                         content_id_prefix: String::new(),
+                        ..Default::default()
                     };
                     let t = Instant::now();
                     let answer =

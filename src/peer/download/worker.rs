@@ -1,400 +1,333 @@
-//! The transfer itself: per-holder workers that take units from the [`Scheduler`], stream them
-//! with `GetBlocks`, verify each piece off the receive path and write it at its offset.
+//! One holder within a download: its session (bitfield, workers, piece updates) and the fetch of
+//! a unit (stream, verify each piece off the receive path, write it at its offset).
 //!
-//! A holder that sends a bad piece is dropped from the download; one that fails or stalls has its
-//! units handed back to the others; one that is busy loses this worker but keeps its others. On
-//! cancellation every worker stops at its next await (the call, the next message, a wait) and the
-//! record of verified pieces is saved one last time.
+//! A session starts by asking the holder which pieces it has, then runs
+//! [`STREAMS_PER_HOLDER`](super::STREAMS_PER_HOLDER) workers that take units the holder has from
+//! the [`Picker`](super::picker::Picker); a partial holder is polled for new pieces. The session
+//! ends when the file is done, when the holder has had nothing we need for a while and others
+//! wait to be contacted, or on the first failure: corrupt data (the holder is never contacted
+//! again), a failure or stall (retried after a backoff), or a refusal (choked or busy: retried
+//! soon). Whatever its units had not delivered goes back to the picker.
 
-use super::partial::Partial;
-use super::version::Holder;
-use super::{describe, SAVE_PROGRESS_EVERY, STREAMS_PER_HOLDER};
-use crate::chunking::{Manifest, PieceIndex, BLOCK_SIZE};
-use crate::grpc::ClientChannel;
+use super::contact::Link;
+use super::known::Outcome;
+use super::picker::{Assignment, HolderKey, Next};
+use super::transfer::Transfer;
+use super::{describe, STREAMS_PER_HOLDER};
+use crate::chunking::{Bitfield, PieceIndex, BLOCK_SIZE};
 use crate::pb::peer as pb;
-use crate::pb::peer::peer_client::PeerClient;
-use crate::peer::schedule::{Assignment, HolderIndex, Next, Scheduler};
-use crate::progress::Progress;
 use bytes::{Bytes, BytesMut};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument;
 
-/// How long a worker with nothing to do waits before asking the scheduler again, unless a change
-/// (a unit released, a piece done) wakes it sooner.
+/// How long a worker with nothing to do waits before asking the picker again, unless a change
+/// (a unit released, a piece done, a holder's new pieces) wakes it sooner.
 const IDLE_RECHECK: Duration = Duration::from_millis(200);
+/// How often a partial holder is asked for the pieces it gained.
+pub(crate) const PIECES_POLL: Duration = Duration::from_millis(500);
+/// A holder that has had nothing we need for this long leaves its slot to another, if another
+/// is waiting to be contacted.
+const IDLE_HOLDER_LIMIT: Duration = Duration::from_secs(3);
 
-/// Shared state of one download's workers.
-pub(super) struct Transfer {
-    manifest: Arc<Manifest>,
-    scheduler: Mutex<Scheduler>,
-    /// Woken when a unit is released or a piece is done (waiting workers may have work).
-    changed: Notify,
-    file: std::fs::File,
-    holders: Vec<HolderState>,
-    progress: Arc<Progress>,
-    fetched: AtomicU64,
-    stall_timeout: Duration,
-    cancel: CancellationToken,
-}
-
-/// One holder within a download.
-struct HolderState {
-    peer_id: String,
-    address: String,
-    client: PeerClient<ClientChannel>,
-    /// Why it was dropped; the first reason wins.
-    dropped: Mutex<Option<String>>,
-    /// Its workers stop taking units.
-    gone: AtomicBool,
-    /// Bytes of verified pieces it delivered first.
-    bytes: AtomicU64,
-}
-
-impl HolderState {
-    fn drop_with(&self, reason: String) {
-        let mut slot = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(reason);
-        }
-        self.gone.store(true, Ordering::SeqCst);
-    }
-}
-
-/// How a unit fetch ended, other than success.
-enum FetchError {
-    /// The holder sent data that failed verification: drop it.
-    Corrupt(String),
-    /// The holder failed (connection, stall, protocol): drop it.
-    Failed(String),
-    /// The holder is busy: this worker stops, others of that holder may go on.
+/// How a worker (or a fetch) ended.
+enum End {
+    /// The file is done, or the session was told to stop.
+    Stopped,
+    /// The holder had nothing we need for a while and others are waiting.
+    Idle,
+    /// The holder refused for now (choked, busy).
     Busy(String),
-    /// Writing locally failed: stop everything.
+    /// The holder failed (connection, stall, protocol, pieces it said it had but has not).
+    Failed(String),
+    /// The holder sent data that failed verification.
+    Corrupt(String),
+    /// Writing locally failed: the download stops.
     Local(std::io::Error),
-    /// The download is cancelled: stop.
-    Cancelled,
+}
+
+impl End {
+    /// How bad it is: the worst end of a session's workers decides its outcome.
+    fn severity(&self) -> u8 {
+        match self {
+            End::Stopped => 0,
+            End::Idle => 1,
+            End::Busy(_) => 2,
+            End::Failed(_) => 3,
+            End::Corrupt(_) => 4,
+            End::Local(_) => 5,
+        }
+    }
 }
 
 /// A piece being verified and written on a blocking thread.
 struct PendingPiece {
     piece: PieceIndex,
     len: u64,
-    task: tokio::task::JoinHandle<Result<(), FetchError>>,
+    task: tokio::task::JoinHandle<Result<(), End>>,
 }
 
-impl Transfer {
-    /// The transfer of the pieces not yet `done` of `manifest` into `file`, from `holders`.
-    pub(super) fn new(
-        manifest: Arc<Manifest>,
-        done: Vec<bool>,
-        file: std::fs::File,
-        holders: Vec<Holder>,
-        progress: Arc<Progress>,
-        stall_timeout: Duration,
-        cancel: CancellationToken,
-    ) -> Self {
-        let geometry = manifest.geometry();
-        let unit =
-            Scheduler::unit_pieces(geometry.piece_count(), geometry.piece_size(), holders.len());
-        Transfer {
-            manifest,
-            scheduler: Mutex::new(Scheduler::new(done, unit)),
-            changed: Notify::new(),
-            file,
-            holders: holders
-                .into_iter()
-                .map(|h| HolderState {
-                    peer_id: h.peer_id,
-                    address: h.address,
-                    client: h.client,
-                    dropped: Mutex::new(None),
-                    gone: AtomicBool::new(false),
-                    bytes: AtomicU64::new(0),
-                })
-                .collect(),
-            progress,
-            fetched: AtomicU64::new(0),
-            stall_timeout,
-            cancel,
+/// Runs a session with the holder `link` until it ends; returns how (for its standing) and why
+/// (for the report), or a local write error that stops the download.
+pub(super) async fn session(
+    transfer: Arc<Transfer>,
+    key: HolderKey,
+    link: Link,
+) -> Result<(Outcome, Option<String>), std::io::Error> {
+    let stop = transfer.sessions_cancel().child_token();
+    let has = tokio::select! {
+        _ = stop.cancelled() => return Ok((Outcome::Fine, None)),
+        has = link.pieces(transfer.manifest(), transfer.me()) => has,
+    };
+    let has = match has {
+        Ok(has) => has,
+        Err((outcome, why)) => return Ok((outcome, Some(why))),
+    };
+    let partial = !has.is_full();
+    transfer.holder_joined(key, &link.peer_id, has);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..STREAMS_PER_HOLDER {
+        let (transfer, link, stop) = (transfer.clone(), link.clone(), stop.clone());
+        tasks.spawn(
+            async move { run_worker(&transfer, key, &link, &stop).await }
+                .instrument(tracing::Span::current()),
+        );
+    }
+    if partial {
+        let (transfer, link, stop) = (transfer.clone(), link.clone(), stop.clone());
+        tasks.spawn(
+            async move { poll_pieces(&transfer, key, &link, &stop).await }
+                .instrument(tracing::Span::current()),
+        );
+    }
+    // The first failure stops the session's other tasks; its worst end decides the outcome.
+    let mut worst = End::Stopped;
+    while let Some(joined) = tasks.join_next().await {
+        let end = joined.unwrap_or_else(|e| End::Local(std::io::Error::other(e)));
+        if end.severity() >= End::Busy(String::new()).severity() {
+            stop.cancel();
+        }
+        if end.severity() > worst.severity() {
+            worst = end;
         }
     }
+    transfer.holder_left(key);
+    Ok(match worst {
+        End::Stopped | End::Idle => (Outcome::Fine, None),
+        End::Busy(why) => (Outcome::Busy, Some(why)),
+        End::Failed(why) => (Outcome::Failed, Some(why)),
+        End::Corrupt(why) => (Outcome::Corrupt, Some(why)),
+        End::Local(e) => return Err(e),
+    })
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Scheduler> {
-        self.scheduler.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Pieces not yet verified.
-    pub(super) fn missing(&self) -> u64 {
-        self.lock().remaining()
-    }
-
-    /// Bytes of verified pieces fetched in this run.
-    pub(super) fn fetched(&self) -> u64 {
-        self.fetched.load(Ordering::Relaxed)
-    }
-
-    /// How each holder did.
-    pub(super) fn holder_reports(&self) -> Vec<super::HolderReport> {
-        self.holders
-            .iter()
-            .map(|h| super::HolderReport {
-                peer_id: h.peer_id.clone(),
-                bytes: h.bytes.load(Ordering::Relaxed),
-                dropped: h.dropped.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            })
-            .collect()
-    }
-
-    /// Runs every holder's workers to the end (every piece verified, every holder gone, or
-    /// cancellation) and keeps the progress record saved, a last time at the end.
-    pub(super) async fn run(self: &Arc<Self>, partial: &Partial) -> Result<(), std::io::Error> {
-        let mut workers = tokio::task::JoinSet::new();
-        for (index, holder) in self.holders.iter().enumerate() {
-            // A child of the download's span: every line a worker logs says which holder.
-            let span =
-                tracing::info_span!("holder", peer = %holder.peer_id, address = %holder.address);
-            for _ in 0..STREAMS_PER_HOLDER {
-                workers.spawn(self.clone().worker(index).instrument(span.clone()));
-            }
+/// One worker: takes units the holder has until the session stops.
+async fn run_worker(
+    transfer: &Arc<Transfer>,
+    key: HolderKey,
+    link: &Link,
+    stop: &CancellationToken,
+) -> End {
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        if stop.is_cancelled() {
+            return End::Stopped;
         }
-        let mut last_save = Instant::now();
-        let mut result = Ok(());
-        loop {
-            let joined = tokio::time::timeout(SAVE_PROGRESS_EVERY, workers.join_next()).await;
-            if last_save.elapsed() >= SAVE_PROGRESS_EVERY || joined.is_ok() {
-                if partial.is_resumable() {
-                    partial.save_record(&self.snapshot());
+        let changed = transfer.changed().notified();
+        let assignment = match transfer.next_unit(key) {
+            Next::Done => return End::Stopped,
+            Next::Wait => {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= IDLE_HOLDER_LIMIT && transfer.others_waiting() {
+                    return End::Idle;
                 }
-                last_save = Instant::now();
-            }
-            match joined {
-                Err(_) => continue,
-                Ok(None) => break,
-                Ok(Some(Ok(Ok(())))) => {}
-                Ok(Some(Ok(Err(e)))) => result = Err(e),
-                Ok(Some(Err(join))) => result = Err(std::io::Error::other(join)),
-            }
-        }
-        result
-    }
-
-    /// Which pieces are verified.
-    fn snapshot(&self) -> Vec<bool> {
-        let scheduler = self.lock();
-        (0..self.manifest.geometry().piece_count())
-            .map(|p| scheduler.is_done(p))
-            .collect()
-    }
-
-    /// One of a holder's workers: takes units until none is left, the holder is dropped or busy,
-    /// or the download is cancelled.
-    async fn worker(self: Arc<Self>, holder: HolderIndex) -> Result<(), std::io::Error> {
-        loop {
-            if self.holders[holder].gone.load(Ordering::SeqCst) || self.cancel.is_cancelled() {
-                return Ok(());
-            }
-            let changed = self.changed.notified();
-            let next = self.lock().next(holder);
-            let assignment = match next {
-                Next::Done => return Ok(()),
-                Next::Wait => {
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::timeout(IDLE_RECHECK, changed) => continue,
-                    }
-                }
-                Next::Fetch(a) => a,
-            };
-            let result = self.fetch(holder, &assignment).await;
-            self.lock().release(assignment.id);
-            self.changed.notify_waiters();
-            let state = &self.holders[holder];
-            match result {
-                Ok(()) => {}
-                Err(FetchError::Corrupt(why)) => {
-                    tracing::warn!(holder = %state.peer_id, "{why}; dropping this holder from the download");
-                    state.drop_with(why);
-                }
-                Err(FetchError::Failed(why)) => {
-                    tracing::warn!(holder = %state.peer_id, "{why}; its pieces go to other holders");
-                    state.drop_with(why);
-                }
-                Err(FetchError::Busy(why)) => {
-                    tracing::info!(holder = %state.peer_id, "{why}");
-                    return Ok(());
-                }
-                Err(FetchError::Cancelled) => return Ok(()),
-                Err(FetchError::Local(e)) => {
-                    for h in &self.holders {
-                        h.gone.store(true, Ordering::SeqCst);
-                    }
-                    return Err(e);
+                tokio::select! {
+                    _ = stop.cancelled() => return End::Stopped,
+                    _ = tokio::time::timeout(IDLE_RECHECK, changed) => continue,
                 }
             }
+            Next::Fetch(a) => a,
+        };
+        idle_since = None;
+        let end = fetch(transfer, key, link, &assignment, stop).await;
+        transfer.release(assignment.id);
+        if let Err(end) = end {
+            return end;
         }
     }
+}
 
-    /// Waits for `future` up to the stall timeout, unless the download is cancelled first.
-    async fn within_stall_timeout<T>(
-        &self,
-        future: impl std::future::Future<Output = T>,
-    ) -> Result<Option<T>, FetchError> {
+/// Asks a partial holder for its pieces every [`PIECES_POLL`] until it has them all.
+async fn poll_pieces(
+    transfer: &Arc<Transfer>,
+    key: HolderKey,
+    link: &Link,
+    stop: &CancellationToken,
+) -> End {
+    loop {
         tokio::select! {
-            biased;
-            _ = self.cancel.cancelled() => Err(FetchError::Cancelled),
-            outcome = tokio::time::timeout(self.stall_timeout, future) => Ok(outcome.ok()),
+            _ = stop.cancelled() => return End::Stopped,
+            _ = tokio::time::sleep(PIECES_POLL) => {}
+        }
+        let has: Bitfield = tokio::select! {
+            _ = stop.cancelled() => return End::Stopped,
+            has = link.pieces(transfer.manifest(), transfer.me()) => match has {
+                Ok(has) => has,
+                Err((Outcome::Corrupt, why)) => return End::Corrupt(why),
+                Err((Outcome::Busy, why)) => return End::Busy(why),
+                Err((_, why)) => return End::Failed(why),
+            },
+        };
+        if transfer.holder_gained(key, &has) {
+            return End::Stopped;
         }
     }
+}
 
-    /// Streams one unit, verifying and writing each piece as it completes.
-    async fn fetch(&self, holder: HolderIndex, assignment: &Assignment) -> Result<(), FetchError> {
-        let geometry = self.manifest.geometry();
-        let blocks = geometry.blocks_of_pieces(assignment.pieces.clone());
-        let request = pb::GetBlocksRequest {
-            file: Some(pb::FileSelector {
-                name: String::new(),
-                content_id: self.manifest.content_id().to_hex(),
-            }),
-            first_block: blocks.start,
-            block_count: blocks.end - blocks.start,
-        };
-        let state = &self.holders[holder];
-        let mut client = state.client.clone();
-        tracing::debug!(pieces = ?assignment.pieces, "requesting");
-        let mut stream = match self
-            .within_stall_timeout(client.get_blocks(request))
-            .await?
-        {
-            None => {
-                return Err(FetchError::Failed(format!(
-                    "no answer within {:?}",
-                    self.stall_timeout
-                )))
-            }
-            Some(Err(status)) if status.code() == Code::ResourceExhausted => {
-                return Err(FetchError::Busy(status.message().to_string()))
-            }
-            Some(Err(status)) => return Err(FetchError::Failed(describe(&status))),
-            Some(Ok(response)) => response.into_inner(),
-        };
-        let mut piece = assignment.pieces.start;
-        let mut expected_block = blocks.start;
-        let mut buf = BytesMut::new();
-        let mut pending: Option<PendingPiece> = None;
-        while piece < assignment.pieces.end {
-            let message = match self.within_stall_timeout(stream.message()).await {
-                Err(cancelled) => {
-                    // A piece already received is kept: it counts for the resume.
-                    if let Some(previous) = pending.take() {
-                        self.finish_piece(holder, previous).await?;
-                    }
-                    return Err(cancelled);
-                }
-                Ok(None) => {
-                    return Err(FetchError::Failed(format!(
-                        "stalled: no data for {:?}",
-                        self.stall_timeout
-                    )))
-                }
-                Ok(Some(Err(status))) => return Err(FetchError::Failed(describe(&status))),
-                Ok(Some(Ok(None))) => {
-                    return Err(FetchError::Failed(
-                        "stream ended before the range was complete".into(),
-                    ))
-                }
-                Ok(Some(Ok(Some(m)))) => m,
-            };
-            if message.first_block != expected_block || message.data.is_empty() {
-                return Err(FetchError::Corrupt(format!(
-                    "sent block {} ({} bytes) where block {expected_block} was due",
-                    message.first_block,
-                    message.data.len()
-                )));
-            }
-            expected_block += message.data.len().div_ceil(BLOCK_SIZE as usize) as u64;
-            let mut incoming = message.data;
-            while piece < assignment.pieces.end {
-                let range = geometry.piece_bytes(piece);
-                let len = (range.end - range.start) as usize;
-                // A piece wholly inside the message is taken without a copy; one that straddles
-                // messages is gathered in `buf`.
-                let data = if buf.is_empty() && incoming.len() >= len {
-                    incoming.split_to(len)
-                } else {
-                    let take = (len - buf.len()).min(incoming.len());
-                    buf.extend_from_slice(&incoming.split_to(take));
-                    if buf.len() < len {
-                        break;
-                    }
-                    buf.split().freeze()
-                };
+/// Waits for `future` up to the stall timeout, unless the session stops first.
+async fn within_stall_timeout<T>(
+    transfer: &Transfer,
+    stop: &CancellationToken,
+    future: impl std::future::Future<Output = T>,
+) -> Result<Option<T>, End> {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => Err(End::Stopped),
+        outcome = tokio::time::timeout(transfer.stall_timeout(), future) => Ok(outcome.ok()),
+    }
+}
+
+/// Streams one unit, verifying and writing each piece as it completes.
+async fn fetch(
+    transfer: &Arc<Transfer>,
+    key: HolderKey,
+    link: &Link,
+    assignment: &Assignment,
+    stop: &CancellationToken,
+) -> Result<(), End> {
+    let manifest = transfer.manifest().clone();
+    let geometry = manifest.geometry();
+    let blocks = geometry.blocks_of_pieces(assignment.pieces.clone());
+    let request = transfer.me().request(pb::GetBlocksRequest {
+        file: Some(pb::FileSelector {
+            name: String::new(),
+            content_id: manifest.content_id().to_hex(),
+        }),
+        first_block: blocks.start,
+        block_count: blocks.end - blocks.start,
+    });
+    let stall = transfer.stall_timeout();
+    let mut client = link.client.clone();
+    tracing::debug!(pieces = ?assignment.pieces, "requesting");
+    let mut stream = match within_stall_timeout(transfer, stop, client.get_blocks(request)).await? {
+        None => return Err(End::Failed(format!("no answer within {stall:?}"))),
+        Some(Err(status)) if status.code() == Code::ResourceExhausted => {
+            return Err(End::Busy(status.message().to_string()))
+        }
+        Some(Err(status)) => return Err(End::Failed(describe(&status))),
+        Some(Ok(response)) => response.into_inner(),
+    };
+    let mut piece = assignment.pieces.start;
+    let mut expected_block = blocks.start;
+    let mut buf = BytesMut::new();
+    let mut pending: Option<PendingPiece> = None;
+    while piece < assignment.pieces.end {
+        let message = match within_stall_timeout(transfer, stop, stream.message()).await {
+            Err(stopped) => {
+                // A piece already received is kept: it counts for the resume.
                 if let Some(previous) = pending.take() {
-                    self.finish_piece(holder, previous).await?;
+                    finish_piece(transfer, key, previous).await?;
                 }
-                // In endgame another holder may have delivered this piece already.
-                if !self.lock().is_done(piece) {
-                    pending = Some(self.spawn_verify_write(piece, range.start, data));
+                return Err(stopped);
+            }
+            Ok(None) => return Err(End::Failed(format!("stalled: no data for {stall:?}"))),
+            Ok(Some(Err(status))) => return Err(End::Failed(describe(&status))),
+            Ok(Some(Ok(None))) => {
+                return Err(End::Failed(
+                    "stream ended before the range was complete".into(),
+                ))
+            }
+            Ok(Some(Ok(Some(m)))) => m,
+        };
+        if message.first_block != expected_block || message.data.is_empty() {
+            return Err(End::Corrupt(format!(
+                "sent block {} ({} bytes) where block {expected_block} was due",
+                message.first_block,
+                message.data.len()
+            )));
+        }
+        expected_block += message.data.len().div_ceil(BLOCK_SIZE as usize) as u64;
+        let mut incoming = message.data;
+        while piece < assignment.pieces.end {
+            let range = geometry.piece_bytes(piece);
+            let len = (range.end - range.start) as usize;
+            // A piece wholly inside the message is taken without a copy; one that straddles
+            // messages is gathered in `buf`.
+            let data = if buf.is_empty() && incoming.len() >= len {
+                incoming.split_to(len)
+            } else {
+                let take = (len - buf.len()).min(incoming.len());
+                buf.extend_from_slice(&incoming.split_to(take));
+                if buf.len() < len {
+                    break;
                 }
-                piece += 1;
+                buf.split().freeze()
+            };
+            if let Some(previous) = pending.take() {
+                finish_piece(transfer, key, previous).await?;
             }
-            if !incoming.is_empty() {
-                return Err(FetchError::Corrupt(
-                    "sent more bytes than the range holds".into(),
-                ));
+            // In endgame another holder may have delivered this piece already.
+            if !transfer.is_done(piece) {
+                pending = Some(spawn_verify_write(transfer, piece, range.start, data));
             }
-            // Endgame: stop streaming once others have delivered the rest of this unit.
-            if piece < assignment.pieces.end && {
-                let s = self.lock();
-                (piece..assignment.pieces.end).all(|p| s.is_done(p))
-            } {
-                break;
-            }
+            piece += 1;
         }
-        if let Some(previous) = pending.take() {
-            self.finish_piece(holder, previous).await?;
+        if !incoming.is_empty() {
+            return Err(End::Corrupt("sent more bytes than the range holds".into()));
         }
-        Ok(())
+        // Endgame: stop streaming once others have delivered the rest of this unit.
+        if piece < assignment.pieces.end && transfer.all_done(piece..assignment.pieces.end) {
+            break;
+        }
     }
+    if let Some(previous) = pending.take() {
+        finish_piece(transfer, key, previous).await?;
+    }
+    Ok(())
+}
 
-    fn spawn_verify_write(&self, piece: PieceIndex, offset: u64, data: Bytes) -> PendingPiece {
-        let manifest = self.manifest.clone();
-        let file = self.file.try_clone();
-        let len = data.len() as u64;
-        let task = tokio::task::spawn_blocking(move || {
-            if !manifest.verify_piece(piece, &data) {
-                return Err(FetchError::Corrupt(format!(
-                    "sent corrupt data for piece {piece}"
-                )));
-            }
-            let file = file.map_err(FetchError::Local)?;
-            file.write_all_at(&data, offset).map_err(FetchError::Local)
-        });
-        PendingPiece { piece, len, task }
-    }
-
-    /// Waits for a piece's verification and write, then records it.
-    async fn finish_piece(
-        &self,
-        holder: HolderIndex,
-        pending: PendingPiece,
-    ) -> Result<(), FetchError> {
-        pending
-            .task
-            .await
-            .map_err(|e| FetchError::Local(std::io::Error::other(e)))??;
-        if self.lock().complete(pending.piece) {
-            self.fetched.fetch_add(pending.len, Ordering::Relaxed);
-            self.holders[holder]
-                .bytes
-                .fetch_add(pending.len, Ordering::Relaxed);
-            self.progress.done.fetch_add(pending.len, Ordering::Relaxed);
-            self.changed.notify_waiters();
+fn spawn_verify_write(
+    transfer: &Transfer,
+    piece: PieceIndex,
+    offset: u64,
+    data: Bytes,
+) -> PendingPiece {
+    let manifest = transfer.manifest().clone();
+    let file = transfer.file().try_clone();
+    let len = data.len() as u64;
+    let task = tokio::task::spawn_blocking(move || {
+        if !manifest.verify_piece(piece, &data) {
+            return Err(End::Corrupt(format!("sent corrupt data for piece {piece}")));
         }
-        Ok(())
-    }
+        let file = file.map_err(End::Local)?;
+        file.write_all_at(&data, offset).map_err(End::Local)
+    });
+    PendingPiece { piece, len, task }
+}
+
+/// Waits for a piece's verification and write, then records it.
+async fn finish_piece(
+    transfer: &Transfer,
+    key: HolderKey,
+    pending: PendingPiece,
+) -> Result<(), End> {
+    pending
+        .task
+        .await
+        .map_err(|e| End::Local(std::io::Error::other(e)))??;
+    transfer.piece_done(key, pending.piece, pending.len);
+    Ok(())
 }

@@ -73,6 +73,9 @@ pub struct ServeLimits {
     pub max_streams: usize,
     /// Upload budget shared by all streams, if any.
     pub upload_rate: Option<Arc<RateLimiter>>,
+    /// Downloaders served at once (the others are choked until a rotation; see
+    /// [`crate::peer::choke`]).
+    pub upload_slots: usize,
 }
 
 impl Default for ServeLimits {
@@ -80,6 +83,7 @@ impl Default for ServeLimits {
         ServeLimits {
             max_streams: DEFAULT_MAX_STREAMS,
             upload_rate: None,
+            upload_slots: crate::peer::choke::DEFAULT_UPLOAD_SLOTS,
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::{RateLimiter, ServeError, MAX_BLOCKS_PER_MESSAGE};
 use crate::chunking::BLOCK_SIZE;
 use crate::pb::peer as pb;
-use crate::peer::store::SharedFile;
+use crate::peer::choke::Choker;
 use bytes::BytesMut;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +75,8 @@ pub(super) async fn idle_watchdog(clock: Arc<IdleClock>, idle: Duration, stop: C
 
 /// One `GetBlocks` stream's reads, on a blocking thread.
 pub(super) struct ReadJob {
-    pub(super) file: SharedFile,
+    /// The file's name, for logs and errors.
+    pub(super) name: String,
     pub(super) opened: std::fs::File,
     pub(super) first_block: u64,
     pub(super) range: std::ops::Range<u64>,
@@ -90,6 +91,27 @@ pub(super) struct ReadJob {
     pub(super) runtime: tokio::runtime::Handle,
     /// Held for the life of the stream.
     pub(super) _permit: OwnedSemaphorePermit,
+    /// The upload slot this stream's downloader holds, told how much was sent when it ends.
+    pub(super) slot: Option<UploadSlot>,
+}
+
+/// A downloader's admission by the choker, for one stream: when the stream ends, the choker
+/// learns how many bytes it sent (to serve the least served first at the next rotation).
+pub(super) struct UploadSlot {
+    pub(super) choker: Arc<std::sync::Mutex<Choker>>,
+    pub(super) key: String,
+    pub(super) sent: AtomicU64,
+    /// The service's count of bytes uploaded, all streams together.
+    pub(super) total: Arc<AtomicU64>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.choker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished(&self.key, *self.sent.get_mut(), Instant::now());
+    }
 }
 
 pub(super) type Sender = mpsc::Sender<Result<pb::GetBlocksResponse, Status>>;
@@ -112,10 +134,10 @@ impl ReadJob {
     /// Why `stop` fired: shutdown, or a client that stopped reading.
     fn stopped(&self) -> ServeError {
         if self.shutdown.is_cancelled() {
-            tracing::debug!(file = %self.file.name, "stream ended: shutting down");
+            tracing::debug!(file = %self.name, "stream ended: shutting down");
             ServeError::ShuttingDown
         } else {
-            tracing::debug!(file = %self.file.name, "stream ended: the client stopped reading");
+            tracing::debug!(file = %self.name, "stream ended: the client stopped reading");
             ServeError::Stalled(self.idle_timeout)
         }
     }
@@ -169,7 +191,7 @@ impl ReadJob {
                 Ok(()) => {}
                 // Shorter than when it was shared: not the content the client asked for.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(ServeError::ChangedOnDisk(self.file.name.clone()).into())
+                    return Err(ServeError::ChangedOnDisk(self.name.clone()).into())
                 }
                 Err(e) => return Err(ServeError::Io(e).into()),
             }
@@ -182,6 +204,10 @@ impl ReadJob {
             }
             offset += len as u64;
             block += len as u64 / BLOCK_SIZE as u64;
+            if let Some(slot) = &self.slot {
+                slot.sent.fetch_add(len as u64, Ordering::Relaxed);
+                slot.total.fetch_add(len as u64, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -190,7 +216,6 @@ impl ReadJob {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunking::Manifest;
     use tokio::sync::Semaphore;
 
     /// A job streaming all of `data` as shared, from a file on disk holding `on_disk`.
@@ -202,15 +227,8 @@ mod tests {
     ) -> ReadJob {
         let path = dir.join("f");
         std::fs::write(&path, on_disk).unwrap();
-        let manifest = Arc::new(Manifest::of_bytes(data));
         ReadJob {
-            file: SharedFile {
-                name: "f".into(),
-                path: path.clone(),
-                size: data.len() as u64,
-                mtime_ns: 0,
-                manifest,
-            },
+            name: "f".into(),
             opened: std::fs::File::open(&path).unwrap(),
             first_block: 0,
             range: 0..data.len() as u64,
@@ -221,6 +239,7 @@ mod tests {
             shutdown,
             runtime: tokio::runtime::Handle::current(),
             _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            slot: None,
         }
     }
 

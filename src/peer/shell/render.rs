@@ -27,6 +27,8 @@ struct MyFileJson<'a> {
 #[derive(Serialize)]
 struct HolderJson<'a> {
     address: &'a str,
+    /// True for a holder still downloading the file (it serves the pieces it has verified).
+    partial: bool,
     peer_id: &'a str,
 }
 
@@ -54,6 +56,8 @@ struct SwarmFileJson<'a> {
     content_id: &'a str,
     holder_count: u32,
     name: &'a str,
+    /// Of `holder_count`, the holders still downloading it.
+    partial_holder_count: u32,
     size: u64,
 }
 
@@ -161,6 +165,7 @@ pub(super) fn who_has(
                     .iter()
                     .map(|h| HolderJson {
                         address: &h.address,
+                        partial: h.partial,
                         peer_id: &h.peer_id,
                     })
                     .collect(),
@@ -173,10 +178,17 @@ pub(super) fn who_has(
     let rows: Vec<Vec<String>> = versions
         .iter()
         .map(|v| {
-            let holders: Vec<String> = v
-                .holders
+            // Complete holders first; a partial holder (still downloading, serving what it has)
+            // says so.
+            let (partial, complete): (Vec<_>, Vec<_>) = v.holders.iter().partition(|h| h.partial);
+            let holders: Vec<String> = complete
                 .iter()
                 .map(|h| format!("{} ({})", h.peer_id, h.address))
+                .chain(
+                    partial
+                        .iter()
+                        .map(|h| format!("{} ({}, partial)", h.peer_id, h.address)),
+                )
                 .collect();
             vec![
                 v.name.clone(),
@@ -231,6 +243,7 @@ pub(super) fn swarm_files(
                 content_id: &f.content_id,
                 holder_count: f.holder_count,
                 name: &f.name,
+                partial_holder_count: f.partial_holder_count,
                 size: f.size,
             })
             .collect();
@@ -363,10 +376,12 @@ mod tests {
                     Holder {
                         peer_id: "A".into(),
                         address: "10.0.0.1:5000".into(),
+                        partial: false,
                     },
                     Holder {
                         peer_id: "B".into(),
                         address: "[::1]:6000".into(),
+                        partial: true,
                     },
                 ],
             },
@@ -383,8 +398,8 @@ mod tests {
         assert_eq!(
             out,
             format!(
-                "[{{\"content_id\":\"{ab}\",\"holders\":[{{\"address\":\"10.0.0.1:5000\",\"peer_id\":\"A\"}},\
-                 {{\"address\":\"[::1]:6000\",\"peer_id\":\"B\"}}],\"name\":\"v.mp4\",\"size\":1048576}},\
+                "[{{\"content_id\":\"{ab}\",\"holders\":[{{\"address\":\"10.0.0.1:5000\",\"partial\":false,\"peer_id\":\"A\"}},\
+                 {{\"address\":\"[::1]:6000\",\"partial\":true,\"peer_id\":\"B\"}}],\"name\":\"v.mp4\",\"size\":1048576}},\
                  {{\"content_id\":\"{cd}\",\"holders\":[],\"name\":\"v.mp4\",\"size\":0}}]\n"
             )
         );
@@ -413,12 +428,13 @@ mod tests {
             size: 4096,
             content_id: "0f".repeat(32),
             holder_count: 3,
+            partial_holder_count: 1,
         }];
         let out = text(|out| swarm_files(out, &files, true));
         assert_eq!(
             out,
             format!(
-                "[{{\"content_id\":\"{}\",\"holder_count\":3,\"name\":\"é.bin\",\"size\":4096}}]\n",
+                "[{{\"content_id\":\"{}\",\"holder_count\":3,\"name\":\"é.bin\",\"partial_holder_count\":1,\"size\":4096}}]\n",
                 "0f".repeat(32)
             )
         );
@@ -431,6 +447,7 @@ mod tests {
             size: 1536,
             content_id: "0123456789abcdef".into(),
             holder_count: 1,
+            partial_holder_count: 0,
         }];
         assert_eq!(
             text(|out| swarm_files(out, &files, false)),

@@ -1,0 +1,266 @@
+//! Talking to holders: a client per holder that says who we are, short deadlines on every
+//! control call, and the parallel hunt for a manifest.
+//!
+//! Control calls (manifest, piece bitfield, peer exchange) have a deadline of
+//! [`CONTROL_TIMEOUT`], so a dead or silent holder costs a new download a fraction of a second,
+//! not a connect timeout. The manifest is asked of up to [`MANIFEST_PARALLEL`] holders at once,
+//! refilled as answers come in; the first one that matches the content id wins and the others are
+//! abandoned.
+
+use super::known::{KnownHolders, Outcome};
+use super::{describe, DownloadError};
+use crate::chunking::{Bitfield, ContentId, Geometry, Manifest};
+use crate::grpc::{ClientChannel, ClientSecurity};
+use crate::pb::peer as pb;
+use crate::pb::peer::peer_client::PeerClient;
+use crate::peer::server::{PEER_ADDRESS_HEADER, PEER_ID_HEADER};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::{Code, Request};
+
+/// Deadline of a control call to a holder, connecting included.
+pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Holders asked for the manifest at once.
+pub(crate) const MANIFEST_PARALLEL: usize = 16;
+/// Most problems quoted in a "no manifest" error.
+const MAX_PROBLEMS_QUOTED: usize = 8;
+
+/// Who this peer is, as told to holders (see `proto/peer.proto`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Identity {
+    peer_id: Option<MetadataValue<Ascii>>,
+    address: Option<MetadataValue<Ascii>>,
+}
+
+impl Identity {
+    /// This peer's id and, if it knows it, the address others reach its Peer service at.
+    pub(crate) fn new(peer_id: &str, address: Option<&str>) -> Self {
+        Identity {
+            peer_id: MetadataValue::try_from(peer_id).ok(),
+            address: address.and_then(|a| MetadataValue::try_from(a).ok()),
+        }
+    }
+
+    /// `message` as a request that carries this identity.
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(id) = &self.peer_id {
+            request.metadata_mut().insert(PEER_ID_HEADER, id.clone());
+        }
+        if let Some(address) = &self.address {
+            request
+                .metadata_mut()
+                .insert(PEER_ADDRESS_HEADER, address.clone());
+        }
+        request
+    }
+}
+
+/// A client to one holder.
+#[derive(Clone, Debug)]
+pub(crate) struct Link {
+    pub(crate) peer_id: String,
+    pub(crate) address: String,
+    pub(crate) client: PeerClient<ClientChannel>,
+}
+
+impl Link {
+    /// A lazily connecting client to `address`; `None` if the address cannot be dialled.
+    pub(crate) fn dial(peer_id: &str, address: &str, security: &ClientSecurity) -> Option<Link> {
+        let channel = security.channel(address).ok()?;
+        Some(Link {
+            peer_id: peer_id.to_string(),
+            address: address.to_string(),
+            client: PeerClient::new(channel)
+                .max_decoding_message_size(crate::grpc::MAX_MESSAGE_SIZE),
+        })
+    }
+
+    fn selector(content_id: ContentId) -> Option<pb::FileSelector> {
+        Some(pb::FileSelector {
+            name: String::new(),
+            content_id: content_id.to_hex(),
+        })
+    }
+
+    /// The holder's manifest for `content_id`, checked against it and the tracker's `size`.
+    pub(crate) async fn manifest(
+        &self,
+        content_id: ContentId,
+        size: u64,
+        me: &Identity,
+    ) -> Result<Manifest, (Outcome, String)> {
+        let request = me.request(pb::GetManifestRequest {
+            file: Self::selector(content_id),
+        });
+        let response = control(self.client.clone().get_manifest(request)).await?;
+        check_manifest(content_id, size, response).map_err(|why| (Outcome::Corrupt, why))
+    }
+
+    /// Which pieces the holder has. A holder too old to answer (UNIMPLEMENTED) is taken to have
+    /// all of them: before partial holders existed, every holder was complete.
+    pub(crate) async fn pieces(
+        &self,
+        manifest: &Manifest,
+        me: &Identity,
+    ) -> Result<Bitfield, (Outcome, String)> {
+        let pieces = manifest.geometry().piece_count();
+        let request = me.request(pb::GetPiecesRequest {
+            file: Self::selector(manifest.content_id()),
+        });
+        match control(self.client.clone().get_pieces(request)).await {
+            Ok(answer) => {
+                if answer.piece_count != pieces {
+                    return Err((
+                        Outcome::Corrupt,
+                        format!(
+                            "said the file has {} pieces, not {pieces}",
+                            answer.piece_count
+                        ),
+                    ));
+                }
+                Bitfield::from_bytes(&answer.bitfield, pieces)
+                    .map_err(|e| (Outcome::Corrupt, e.to_string()))
+            }
+            Err((_, why)) if why.starts_with("Unimplemented") => Ok(Bitfield::full(pieces)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Peer exchange: the holders of `content_id` this holder knows (unchecked: the caller
+    /// validates each).
+    pub(crate) async fn holders(
+        &self,
+        content_id: ContentId,
+        me: &Identity,
+    ) -> Result<Vec<pb::KnownHolder>, (Outcome, String)> {
+        let request = me.request(pb::GetHoldersRequest {
+            content_id: content_id.to_hex(),
+        });
+        Ok(control(self.client.clone().get_holders(request))
+            .await?
+            .holders)
+    }
+}
+
+/// A control call with its deadline; a failure says how the holder should be treated.
+async fn control<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, (Outcome, String)> {
+    match tokio::time::timeout(CONTROL_TIMEOUT, call).await {
+        Err(_) => Err((
+            Outcome::Failed,
+            format!("no answer within {CONTROL_TIMEOUT:?}"),
+        )),
+        Ok(Err(status)) if status.code() == Code::ResourceExhausted => {
+            Err((Outcome::Busy, describe(&status)))
+        }
+        Ok(Err(status)) => Err((Outcome::Failed, describe(&status))),
+        Ok(Ok(response)) => Ok(response.into_inner()),
+    }
+}
+
+/// A holder's manifest, accepted only if its geometry is sane, its size is the tracker's and its
+/// piece hashes combine into `content_id`.
+fn check_manifest(
+    content_id: ContentId,
+    size: u64,
+    response: pb::GetManifestResponse,
+) -> Result<Manifest, String> {
+    let geometry =
+        Geometry::new(response.size, response.piece_size as u64).map_err(|e| e.to_string())?;
+    if geometry.size() != size {
+        return Err(format!(
+            "size {} differs from the tracker's {size}",
+            geometry.size()
+        ));
+    }
+    let hashes = response
+        .piece_hashes
+        .into_iter()
+        .map(|b| b.to_vec())
+        .collect();
+    Manifest::from_parts(content_id, geometry, hashes).map_err(|e| e.to_string())
+}
+
+/// Asks known holders for the manifest, [`MANIFEST_PARALLEL`] at a time, until one gives a
+/// manifest that matches `content_id`. Returns it with the link to the holder that gave it (it
+/// stays connected in `known`). Holders that failed are backed off, liars banned.
+pub(crate) async fn find_manifest(
+    name: &str,
+    content_id: ContentId,
+    size: u64,
+    known: &mut KnownHolders,
+    security: &ClientSecurity,
+    me: &Identity,
+    cancel: &CancellationToken,
+) -> Result<(Manifest, Link), DownloadError> {
+    let mut rng = SmallRng::from_os_rng();
+    let mut attempts = JoinSet::new();
+    let mut asking: Vec<String> = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    let mut failures = 0usize;
+    loop {
+        let room = MANIFEST_PARALLEL.saturating_sub(attempts.len());
+        for (peer_id, address) in known.take(room, Instant::now(), &mut rng) {
+            let Some(link) = Link::dial(&peer_id, &address, security) else {
+                known.disconnected(&peer_id, Outcome::Corrupt, Instant::now());
+                problems.push(format!("{peer_id}: bad address {address:?}"));
+                continue;
+            };
+            let me = me.clone();
+            asking.push(peer_id);
+            attempts.spawn(async move {
+                let result = link.manifest(content_id, size, &me).await;
+                (link, result)
+            });
+        }
+        let joined = tokio::select! {
+            _ = cancel.cancelled() => return Err(DownloadError::Cancelled),
+            joined = attempts.join_next() => joined,
+        };
+        let Some(joined) = joined else {
+            // Nothing in flight and nobody left to ask now.
+            failures += problems.len().saturating_sub(MAX_PROBLEMS_QUOTED);
+            problems.truncate(MAX_PROBLEMS_QUOTED);
+            if failures > 0 {
+                problems.push(format!("and {failures} more"));
+            }
+            return Err(DownloadError::NoManifest {
+                name: name.to_string(),
+                details: if problems.is_empty() {
+                    "no holder could be reached".into()
+                } else {
+                    problems.join("; ")
+                },
+            });
+        };
+        let Ok((link, result)) = joined else { continue };
+        asking.retain(|id| *id != link.peer_id);
+        match result {
+            Ok(manifest) => {
+                // The others are abandoned: free to be contacted again by the transfer.
+                attempts.abort_all();
+                for peer_id in asking {
+                    known.disconnected(&peer_id, Outcome::Fine, Instant::now());
+                }
+                return Ok((manifest, link));
+            }
+            Err((outcome, why)) => {
+                if outcome == Outcome::Corrupt {
+                    tracing::warn!(holder = %link.peer_id, "bad manifest: {why}");
+                }
+                known.disconnected(&link.peer_id, outcome, Instant::now());
+                if problems.len() < MAX_PROBLEMS_QUOTED {
+                    problems.push(format!("{}: {why}", link.peer_id));
+                } else {
+                    failures += 1;
+                }
+            }
+        }
+    }
+}
