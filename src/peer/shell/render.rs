@@ -458,4 +458,27 @@ mod tests {
             "the swarm offers no files\n"
         );
     }
+
+    #[test]
+    fn whohas_lists_complete_holders_first_and_marks_partial_ones() {
+        let holder = |id: &str, address: &str, partial: bool| Holder {
+            peer_id: id.into(),
+            address: address.into(),
+            partial,
+        };
+        let versions = vec![FileVersion {
+            name: "v".into(),
+            size: 2048,
+            content_id: "ab".repeat(32),
+            holders: vec![
+                holder("A", "10.0.0.1:1", true),
+                holder("B", "10.0.0.2:1", false),
+            ],
+        }];
+        assert_eq!(
+            text(|out| who_has(out, &versions, false)),
+            "NAME     SIZE  ID            HOLDERS  WHO\n\
+             v     2.0 KiB  abababababab  2        B (10.0.0.2:1), A (10.0.0.1:1, partial)\n"
+        );
+    }
 }
