@@ -435,3 +435,29 @@ async fn thousands_of_dead_listed_holders_cost_a_download_little() {
     );
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_straggler_does_not_hold_up_a_finished_download() {
+    let tracker = TestTracker::start(Duration::from_secs(10)).await;
+    let data = content(4 * MIB, 16);
+    // A holder so slow that a unit of it would take minutes, and a fast one.
+    let _slow =
+        TestPeer::start_with("slow", tracker.addr, &[("f", &data)], capped(16 * 1024)).await;
+    let _fast = TestPeer::start("fast", tracker.addr, &[("f", &data)]).await;
+    let downloader = TestPeer::start_with("D", tracker.addr, &[], |c| {
+        c.stall_timeout = Duration::from_secs(10)
+    })
+    .await;
+    let started = Instant::now();
+    let report = downloader.get("f").await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        std::fs::read(downloader.files_dir().join("f")).unwrap(),
+        data
+    );
+    // Done when the fast holder has delivered the last piece: the slow holder's unit in flight
+    // is cancelled, not waited for (that would take the stall timeout or minutes).
+    assert!(took < Duration::from_secs(5), "took {took:?}: {report:?}");
+    let fast = report.holders.iter().find(|h| h.peer_id == "fast").unwrap();
+    assert!(fast.bytes >= data.len() as u64 / 2, "{report:?}");
+}

@@ -151,6 +151,9 @@ impl ReadJob {
                 tokio::select! {
                     biased;
                     _ = self.stop.cancelled() => return None,
+                    // A client that went away while the budget was short frees the thread now,
+                    // not after the wait (at a low rate, many seconds).
+                    _ = tx.closed() => return Some(Err(mpsc::error::SendError(()))),
                     _ = rate.wait(message.data.len()) => {}
                 }
             }
