@@ -23,7 +23,7 @@ pub(crate) const MAX_CONTENTS: usize = 256;
 /// Holders remembered per content id.
 pub(crate) const MAX_HOLDERS_PER_CONTENT: usize = 512;
 /// How long a holder is remembered without being heard of again.
-pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(600);
+pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(120);
 /// Most holders one `GetHolders` answer carries.
 pub(crate) const MAX_EXCHANGED: usize = 64;
 /// Peer ids whose upload to us is counted (the first ones seen; the rest count as nobody).

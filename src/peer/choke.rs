@@ -3,17 +3,17 @@
 //!
 //! A peer serves at most `slots` downloaders at once (they are *unchoked*); a `GetBlocks` from
 //! anyone else while every slot is taken is refused RESOURCE_EXHAUSTED ("choked"), and the
-//! downloader takes those pieces from other holders and asks again later. Every
-//! [`ROTATION`] the set is recomputed when someone is waiting: `slots - 1` regular slots go to the
-//! downloaders that uploaded most to this peer lately (reciprocation: peers that upload back are
-//! served first), ties to the ones served least in the last period (so a seeder, which downloads
-//! nothing, serves a crowd round-robin), and one *optimistic* slot goes to a waiting downloader
-//! at random, so newcomers get their first pieces and can start trading. A downloader that goes
-//! quiet frees its slot after [`IDLE`].
+//! downloader takes those pieces from other holders and asks again later. Every [`ROTATION`] the
+//! set is recomputed when someone is waiting: `slots - 1` regular slots go first to the
+//! downloaders that uploaded most to this peer (reciprocation; bytes of verified pieces counted
+//! since the peer started), then to those waiting longest, then to those served least in the last
+//! period (so a seeder, which downloads nothing, serves a crowd round-robin); one *optimistic*
+//! slot goes to a waiting downloader at random, so newcomers get their first pieces and can start
+//! trading. A downloader that goes quiet frees its slot after [`IDLE`].
 //!
 //! Streams already running when their downloader is choked finish their range (a unit of a few
-//! MiB at most); only new streams are refused. One downloader is one key (its claimed peer id
-//! and its IP address), however many streams and downloads it runs.
+//! MiB at most); only new streams are refused. One downloader is one key, however many streams
+//! and downloads it runs: its claimed peer id, or its IP address when it sends none.
 
 use rand::rngs::SmallRng;
 use rand::seq::IteratorRandom;

@@ -1,16 +1,22 @@
-//! The multi-holder downloader: one download, start to finish (`run`, driven by
-//! [`PeerNode::download`](crate::peer::PeerNode::download)).
+//! The downloader: one download, start to finish (`run`, driven by
+//! [`PeerNode::download`](crate::peer::PeerNode::download)), as a member of a live swarm.
 //!
-//! 1. Ask the tracker who holds the file; pick a version (most holders, or the one asked for)
-//!    (`version`).
-//! 2. Fetch the manifest from any holder and check it against the content id (a lying holder's
-//!    manifest is refused and the next holder asked).
+//! 1. Ask the tracker who holds the file; check its answer (`version`: content ids parsed, peer
+//!    ids and addresses validated, at most 10,000 holders taken) and pick a version (the one asked
+//!    for, else the one with most complete holders).
+//! 2. Hunt for the manifest: up to 16 known holders asked at once, 1.5 s deadline each; the first
+//!    that matches the content id wins (`contact`). Liars are banned, the silent backed off.
 //! 3. Open the partial file under `.p2pshare/partial/` (never in `files/`); on a resumed download,
-//!    re-verify the pieces recorded as done and keep the good ones (`partial`).
-//! 4. Run workers per holder that take units from the [`Scheduler`](crate::peer::schedule::Scheduler), stream
-//!    them with `GetBlocks`, verify each piece off the receive path and write it at its offset
-//!    (`worker`).
-//! 5. fsync, move into `files/` without replacing different content, announce.
+//!    re-verify the pieces recorded as done and keep the good ones (`partial`). A download into
+//!    `files/` serves its verified pieces from now on (a *partial holder*, announced to the
+//!    tracker in the background).
+//! 4. The transfer (`transfer`): sessions with at most `max_holders` holders at once, chosen at
+//!    random among those known (`known`); each asks the holder which pieces it has, then its
+//!    workers take units it has from the rarest-first `picker`, stream them with `GetBlocks`,
+//!    verify each piece off the receive path and write it at its offset (`worker`). The set of
+//!    holders grows from tracker refreshes and peer exchange; failed holders are retried after a
+//!    backoff, liars never. It ends the moment the last piece is verified.
+//! 5. fsync, move into `files/` without replacing different content, announce it complete.
 //!
 //! A download runs under a cancellation token (a child of its node's): cancelled, it stops at its
 //! next await, saves the record of verified pieces, keeps a resumable partial file and returns

@@ -305,7 +305,11 @@ impl PeerService {
                 .by_content(&cid)
                 .map(Served::Whole)
                 .or_else(|| growing(&cid)),
-            (name, None) => self.store.get(name).map(Served::Whole),
+            (name, None) => self
+                .store
+                .get(name)
+                .map(Served::Whole)
+                .or_else(|| self.store.growing().named(name).map(Served::Growing)),
             // The named file, and only if it still has that content.
             (name, Some(cid)) => self
                 .store

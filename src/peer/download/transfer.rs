@@ -17,7 +17,7 @@ use super::contact::{Identity, Link};
 use super::known::{KnownHolders, Outcome};
 use super::partial::Partial;
 use super::picker::{HolderKey, Next, Picker};
-use super::version::{parse_versions, HolderAddr};
+use super::version::HolderAddr;
 use super::worker::session;
 use super::{Context, HolderReport, SAVE_PROGRESS_EVERY};
 use crate::chunking::{Bitfield, Manifest, PieceIndex};
@@ -26,7 +26,6 @@ use crate::peer::book::SwarmBook;
 use crate::peer::store::GrowingFile;
 use crate::progress::Progress;
 use rand::rngs::SmallRng;
-use rand::seq::IteratorRandom;
 use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -38,6 +37,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+mod exchange;
 
 /// Default number of holders one download is connected to at once.
 pub const DEFAULT_MAX_HOLDERS: usize = 12;
@@ -318,30 +319,6 @@ impl Transfer {
         }
     }
 
-    /// Learns holders (from the tracker or peer exchange), never this peer itself.
-    fn learn(&self, holders: impl IntoIterator<Item = HolderAddr>) {
-        let now = Instant::now();
-        let content_id = self.manifest.content_id();
-        let mut fresh = 0;
-        let mut state = self.lock();
-        for h in holders {
-            if h.peer_id == self.setup.my_id {
-                continue;
-            }
-            if state.known.learn(&h.peer_id, &h.address, h.partial) {
-                fresh += 1;
-            }
-            self.setup
-                .book
-                .learn(content_id, &h.peer_id, &h.address, h.partial, now);
-        }
-        drop(state);
-        if fresh > 0 {
-            tracing::debug!(fresh, "learned of more holders");
-            self.wake.notify_one();
-        }
-    }
-
     /// Starts sessions with known holders while there is room.
     fn fill(self: &Arc<Self>, sessions: &mut JoinSet<(HolderKey, String, SessionEnd)>) {
         let mut state = self.lock();
@@ -403,16 +380,23 @@ impl Transfer {
         let (outcome, why) = end?;
         let mut state = self.lock();
         state.known.disconnected(peer_id, outcome, Instant::now());
-        if let Some(why) = why {
-            match outcome {
-                Outcome::Corrupt => {
-                    tracing::warn!(holder = %peer_id, "{why}; never asking this holder again")
-                }
-                Outcome::Failed => {
-                    tracing::info!(holder = %peer_id, "{why}; its pieces go to other holders")
-                }
-                _ => tracing::debug!(holder = %peer_id, "{why}"),
+        let dropped = matches!(outcome, Outcome::Failed | Outcome::Corrupt);
+        if dropped {
+            // A dead holder's channel is not kept: it is dialled afresh if it comes back.
+            state.links.remove(peer_id);
+        }
+        match (&why, outcome) {
+            (Some(why), Outcome::Corrupt) => {
+                tracing::warn!(holder = %peer_id, "{why}; never asking this holder again")
             }
+            (Some(why), Outcome::Failed) => {
+                tracing::info!(holder = %peer_id, "{why}; its pieces go to other holders")
+            }
+            // A refusal (choked, busy) is not a drop: the holder is asked again soon.
+            (Some(why), _) => tracing::debug!(holder = %peer_id, "{why}"),
+            (None, _) => {}
+        }
+        if let Some(why) = why.filter(|_| dropped) {
             state
                 .reports
                 .entry(peer_id.to_string())
@@ -421,19 +405,23 @@ impl Transfer {
                 .get_or_insert(why);
         }
         drop(state);
-        if outcome == Outcome::Corrupt {
+        if dropped {
+            // Hearsay about it is not passed on in peer exchange any more.
             self.setup.book.forget(&self.manifest.content_id(), peer_id);
         }
         Ok(())
     }
 
-    /// Why to stop now, if it is time: nothing left to wait for.
+    /// Whether to stop now: nothing is being fetched and either no holder may ever be contacted
+    /// again (all sent corrupt data) or nothing was verified for twice the stall timeout (the
+    /// holders connected have nothing we need, and none that has is reachable).
     fn hopeless(&self, running_sessions: usize) -> bool {
         let state = self.lock();
-        if running_sessions > 0 || state.picker.in_flight() {
+        if state.picker.in_flight() {
             return false;
         }
-        state.known.all_banned() || state.last_progress.elapsed() >= self.setup.stall_timeout * 2
+        (running_sessions == 0 && state.known.all_banned())
+            || state.last_progress.elapsed() >= self.setup.stall_timeout * 2
     }
 
     /// Runs the transfer until every piece is verified, no holder is left, or cancellation;
@@ -478,21 +466,7 @@ impl Transfer {
             let now = Instant::now();
             if now >= next_tracker && tracker_call.is_none() {
                 next_tracker = now + TRACKER_REFRESH;
-                let who_has = ctx.tracker.who_has(name, &content_hex);
-                let content_id = self.manifest.content_id();
-                tracker_call = Some(Box::pin(async move {
-                    match who_has.await {
-                        Ok(versions) => parse_versions(versions)
-                            .into_iter()
-                            .filter(|v| v.content_id == content_id)
-                            .flat_map(|v| v.holders)
-                            .collect(),
-                        Err(e) => {
-                            tracing::debug!("tracker refresh failed: {e}");
-                            Vec::new()
-                        }
-                    }
-                }));
+                tracker_call = Some(Box::pin(self.ask_tracker(ctx, name, &content_hex)));
             }
             if now >= next_pex {
                 next_pex = now + PEX_REFRESH;
@@ -552,53 +526,6 @@ impl Transfer {
         }
         partial.save_record(&self.snapshot());
         result
-    }
-
-    /// Asks up to [`PEX_FANOUT`] connected holders, at random, for the holders they know; and
-    /// takes the holders this peer itself heard of (downloaders that fetched from it said where
-    /// they listen).
-    fn exchange(&self, exchanges: &mut JoinSet<Vec<HolderAddr>>) {
-        let heard = self.setup.book.holders(
-            &self.manifest.content_id(),
-            crate::peer::book::MAX_EXCHANGED,
-            &self.setup.my_id,
-            Instant::now(),
-        );
-        self.learn(heard.into_iter().map(|h| HolderAddr {
-            peer_id: h.peer_id,
-            address: h.address,
-            partial: h.partial,
-        }));
-        let links: Vec<Link> = {
-            let mut state = self.lock();
-            let State {
-                sessions,
-                links,
-                rng,
-                ..
-            } = &mut *state;
-            sessions
-                .values()
-                .filter_map(|s| links.get(&s.peer_id).cloned())
-                .choose_multiple(rng, PEX_FANOUT)
-        };
-        for link in links {
-            let me = self.setup.me.clone();
-            let content_id = self.manifest.content_id();
-            exchanges.spawn(async move {
-                match link.holders(content_id, &me).await {
-                    Ok(holders) => holders
-                        .iter()
-                        .take(crate::peer::book::MAX_EXCHANGED)
-                        .filter_map(|h| HolderAddr::parse(&h.peer_id, &h.address, h.partial))
-                        .collect(),
-                    Err((_, why)) => {
-                        tracing::debug!(holder = %link.peer_id, "peer exchange failed: {why}");
-                        Vec::new()
-                    }
-                }
-            });
-        }
     }
 }
 

@@ -92,22 +92,28 @@ pub(super) async fn session(
     for _ in 0..STREAMS_PER_HOLDER {
         let (transfer, link, stop) = (transfer.clone(), link.clone(), stop.clone());
         tasks.spawn(
-            async move { run_worker(&transfer, key, &link, &stop).await }
+            async move { (true, run_worker(&transfer, key, &link, &stop).await) }
                 .instrument(tracing::Span::current()),
         );
     }
     if partial {
         let (transfer, link, stop) = (transfer.clone(), link.clone(), stop.clone());
         tasks.spawn(
-            async move { poll_pieces(&transfer, key, &link, &stop).await }
+            async move { (false, poll_pieces(&transfer, key, &link, &stop).await) }
                 .instrument(tracing::Span::current()),
         );
     }
     // The first failure stops the session's other tasks; its worst end decides the outcome.
+    // When the last worker is gone (done, or idle with others waiting), the poller stops too:
+    // the slot is free for another holder.
     let mut worst = End::Stopped;
+    let mut workers = STREAMS_PER_HOLDER;
     while let Some(joined) = tasks.join_next().await {
-        let end = joined.unwrap_or_else(|e| End::Local(std::io::Error::other(e)));
-        if end.severity() >= End::Busy(String::new()).severity() {
+        let (worker, end) = joined.unwrap_or_else(|e| (true, End::Local(std::io::Error::other(e))));
+        if worker {
+            workers -= 1;
+        }
+        if workers == 0 || end.severity() >= End::Busy(String::new()).severity() {
             stop.cancel();
         }
         if end.severity() > worst.severity() {

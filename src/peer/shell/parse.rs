@@ -62,7 +62,7 @@ pub(crate) const HELP: &[(&str, &str, &str)] = &[
     (
         "get",
         "get <file>[@<id>]",
-        "download a file from every peer that has it into files/",
+        "download a file from the peers that have it into files/",
     ),
     (
         "myfiles",

@@ -94,7 +94,6 @@ impl GrowingFiles {
         self.lock().get(content_id).cloned()
     }
 
-    #[cfg(test)]
     /// The growing file called `name`, if any.
     pub(crate) fn named(&self, name: &str) -> Option<Arc<GrowingFile>> {
         self.lock().values().find(|f| f.name == name).cloned()

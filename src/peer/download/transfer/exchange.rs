@@ -1,0 +1,107 @@
+//! Where a download learns of more holders: the tracker, asked again during the download, and
+//! peer exchange (connected holders' `GetHolders`, and the holders this peer itself heard of).
+//! Everything learned is checked ([`HolderAddr::parse`]) and bounded before use.
+
+use super::{State, Transfer, PEX_FANOUT};
+use crate::peer::download::contact::Link;
+use crate::peer::download::version::{parse_versions, HolderAddr};
+use crate::peer::download::Context;
+use rand::seq::IteratorRandom;
+use std::time::Instant;
+use tokio::task::JoinSet;
+
+impl Transfer {
+    /// Learns holders (from the tracker or peer exchange), never this peer itself.
+    pub(super) fn learn(&self, holders: impl IntoIterator<Item = HolderAddr>) {
+        let now = Instant::now();
+        let content_id = self.manifest.content_id();
+        let mut fresh = 0;
+        let mut state = self.lock();
+        for h in holders {
+            if h.peer_id == self.setup.my_id {
+                continue;
+            }
+            if state.known.learn(&h.peer_id, &h.address, h.partial) {
+                fresh += 1;
+            }
+            self.setup
+                .book
+                .learn(content_id, &h.peer_id, &h.address, h.partial, now);
+        }
+        drop(state);
+        if fresh > 0 {
+            tracing::debug!(fresh, "learned of more holders");
+            self.wake.notify_one();
+        }
+    }
+
+    /// The holders the tracker lists now for this download's content.
+    pub(super) fn ask_tracker<'a>(
+        &self,
+        ctx: &'a Context<'_>,
+        name: &'a str,
+        content_hex: &'a str,
+    ) -> impl std::future::Future<Output = Vec<HolderAddr>> + Send + 'a {
+        let content_id = self.manifest.content_id();
+        async move {
+            match ctx.tracker.who_has(name, content_hex).await {
+                Ok(versions) => parse_versions(versions)
+                    .into_iter()
+                    .filter(|v| v.content_id == content_id)
+                    .flat_map(|v| v.holders)
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!("tracker refresh failed: {e}");
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    /// Asks up to [`PEX_FANOUT`] connected holders, at random, for the holders they know; and
+    /// takes the holders this peer itself heard of (downloaders that fetched from it said where
+    /// they listen).
+    pub(super) fn exchange(&self, exchanges: &mut JoinSet<Vec<HolderAddr>>) {
+        let heard = self.setup.book.holders(
+            &self.manifest.content_id(),
+            crate::peer::book::MAX_EXCHANGED,
+            &self.setup.my_id,
+            Instant::now(),
+        );
+        self.learn(heard.into_iter().map(|h| HolderAddr {
+            peer_id: h.peer_id,
+            address: h.address,
+            partial: h.partial,
+        }));
+        let links: Vec<Link> = {
+            let mut state = self.lock();
+            let State {
+                sessions,
+                links,
+                rng,
+                ..
+            } = &mut *state;
+            sessions
+                .values()
+                .filter_map(|s| links.get(&s.peer_id).cloned())
+                .choose_multiple(rng, PEX_FANOUT)
+        };
+        for link in links {
+            let me = self.setup.me.clone();
+            let content_id = self.manifest.content_id();
+            exchanges.spawn(async move {
+                match link.holders(content_id, &me).await {
+                    Ok(holders) => holders
+                        .iter()
+                        .take(crate::peer::book::MAX_EXCHANGED)
+                        .filter_map(|h| HolderAddr::parse(&h.peer_id, &h.address, h.partial))
+                        .collect(),
+                    Err((_, why)) => {
+                        tracing::debug!(holder = %link.peer_id, "peer exchange failed: {why}");
+                        Vec::new()
+                    }
+                }
+            });
+        }
+    }
+}
