@@ -6,7 +6,7 @@
 
 use crate::error::BenchError;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,6 +54,17 @@ pub(crate) enum Plan {
     Startup {
         /// Peer to start.
         peer: ChildPeer,
+    },
+    /// Start a peer whose uploads are capped at `upload_rate` bytes per second (a seeder), say
+    /// [`ChildReport::Ready`], serve until standard input closes (or `max_seconds` pass), and
+    /// report what it uploaded.
+    Seed {
+        /// Peer to start (its folder already holds the files it shares).
+        peer: ChildPeer,
+        /// Upload cap, bytes per second.
+        upload_rate: u64,
+        /// Serve at most this long, whatever happens to standard input.
+        max_seconds: u64,
     },
     /// Optionally register `peers` synthetic peers, then load the tracker with `WhoHas`.
     TrackerLoad {
@@ -177,9 +188,24 @@ pub(crate) struct TrackerLoadReport {
     pub(crate) peak_rss: Option<u64>,
 }
 
+/// What `Seed` measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SeedReport {
+    /// `PeerNode::bytes_uploaded()` when it stopped: bytes of blocks its Peer service sent.
+    pub(crate) bytes_uploaded: u64,
+    /// Seconds it served (from ready to stop).
+    pub(crate) seconds: f64,
+    /// Peak RSS of the seeder process.
+    pub(crate) peak_rss: Option<u64>,
+}
+
 /// A child's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum ChildReport {
+    /// For [`Plan::Seed`], before its report: serving and registered.
+    Ready,
+    /// For [`Plan::Seed`].
+    Seed(SeedReport),
     /// For [`Plan::Download`].
     Download(Vec<DownloadRun>),
     /// For [`Plan::GetMany`].
@@ -261,19 +287,133 @@ pub(crate) fn run_child(
     }
 }
 
-/// Entry point of [`WORKER_SUBCOMMAND`]: reads a [`Plan`] from standard input, runs it, prints
-/// the [`ChildReport`] as one JSON line on standard output.
+/// A [`Plan::Seed`] child running in the background: started by [`SeederProcess::start`] (which
+/// returns once the seeder is registered and serving), stopped by [`SeederProcess::stop`] (which
+/// closes its standard input and collects its [`SeedReport`]). Dropped without `stop`, the child
+/// is killed.
+pub(crate) struct SeederProcess {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl SeederProcess {
+    /// Starts `plan` (a [`Plan::Seed`]) in a child of `exe` and waits up to `ready_within` for it
+    /// to be serving.
+    pub(crate) fn start(
+        exe: &Path,
+        plan: &Plan,
+        ready_within: Duration,
+    ) -> Result<SeederProcess, BenchError> {
+        let mut child = Command::new(exe)
+            .arg(WORKER_SUBCOMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take();
+        let (tx, lines) = std::sync::mpsc::channel();
+        if let Some(stdout) = stdout {
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut seeder = SeederProcess {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+        };
+        let mut plan_line =
+            serde_json::to_vec(plan).map_err(|e| BenchError::Child(e.to_string()))?;
+        plan_line.push(b'\n');
+        match seeder.stdin.as_mut() {
+            Some(stdin) => {
+                stdin.write_all(&plan_line)?;
+                stdin.flush()?;
+            }
+            None => return Err(BenchError::Child("seeder: no stdin".into())),
+        }
+        let deadline = Instant::now() + ready_within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match seeder.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(BenchError::Child(format!(
+                        "seeder not serving after {ready_within:?}; killed"
+                    )))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(BenchError::Child(
+                        "seeder exited before it was serving".into(),
+                    ))
+                }
+            };
+            match serde_json::from_str::<ChildReport>(&line) {
+                Ok(ChildReport::Ready) => return Ok(seeder),
+                Ok(ChildReport::Failed(why)) => {
+                    return Err(BenchError::Child(format!("seeder: {why}")))
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Closes the seeder's standard input (it stops serving and reports), waits up to `limit`
+    /// for it to exit (then kills it) and returns its report.
+    pub(crate) fn stop(mut self, limit: Duration) -> Result<SeedReport, BenchError> {
+        drop(self.stdin.take());
+        let status = wait_bounded(&mut self.child, limit)?;
+        // The reader thread ends at the child's end of output.
+        let last = self
+            .lines
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .last()
+            .unwrap_or_default();
+        match serde_json::from_str::<ChildReport>(&last) {
+            Ok(ChildReport::Seed(report)) => Ok(report),
+            Ok(ChildReport::Failed(why)) => Err(BenchError::Child(format!("seeder: {why}"))),
+            _ => Err(BenchError::Child(format!(
+                "seeder: exit {status}, unreadable report: {}",
+                last.chars().take(200).collect::<String>()
+            ))),
+        }
+    }
+}
+
+impl Drop for SeederProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Entry point of [`WORKER_SUBCOMMAND`]: reads a [`Plan`] (one line of JSON) from standard
+/// input, runs it, prints the [`ChildReport`] as one JSON line on standard output. Standard input
+/// stays open after the plan's line for plans that run until it closes ([`Plan::Seed`]).
 pub(crate) fn worker_main() -> Result<(), BenchError> {
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input)?;
+    std::io::stdin().read_line(&mut input)?;
     let report = match serde_json::from_str::<Plan>(&input) {
         Ok(plan) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime
+            let report = runtime
                 .block_on(crate::worker::run_plan(plan))
-                .unwrap_or_else(ChildReport::Failed)
+                .unwrap_or_else(ChildReport::Failed);
+            // A thread blocked on standard input (a seeder stopped by its own deadline) must not
+            // hold the process up.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            report
         }
         Err(e) => ChildReport::Failed(format!("bad plan: {e}")),
     };

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --bin p2pshare-bench -- --size 1G --runs 3
 //! cargo run --release --bin p2pshare-bench -- --size 256M --runs 3 --scenarios one-holder,three-holders
+//! cargo build --release --bin peer --bin p2pshare-bench && target/release/p2pshare-bench --scenarios flash-crowd
 //! ```
 //!
 //! # Shape
@@ -20,6 +21,10 @@
 //!   JSON on standard output ([`worker`] does the work). Its peak RSS is then its own (`VmHWM`,
 //!   reset between runs by writing `5` to `/proc/self/clear_refs`, see [`memory`]), and it does
 //!   not share a runtime with the holders.
+//! * The **flash crowd** ([`crowd`], `runner/crowd.rs`) measures what users run: its N
+//!   downloaders are the real `peer` binary (next to this one) running `--exec "get FILE"`, and
+//!   its seeder, capped at R, is a child process of this binary ([`child::Plan::Seed`]) that
+//!   reports the bytes it sent.
 //! * The **baseline** is a file -> socket -> file copy between two processes: a child
 //!   ([`baseline::TCP_SEND_SUBCOMMAND`]) reads the file and writes it to a `TcpStream`; the bench
 //!   process receives it into a file. Same file, same page cache state, same run.
@@ -37,6 +42,7 @@
 
 mod baseline;
 mod child;
+mod crowd;
 mod error;
 mod files;
 mod memory;

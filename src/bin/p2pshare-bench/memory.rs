@@ -7,7 +7,16 @@ pub(crate) fn reset_peak_rss() -> bool {
 
 /// This process's peak RSS in bytes (`VmHWM`), if `/proc` tells.
 pub(crate) fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_in("/proc/self/status")
+}
+
+/// Peak RSS of process `pid` so far (`VmHWM`), if `/proc` tells (not once it has exited).
+pub(crate) fn peak_rss_of(pid: u32) -> Option<u64> {
+    peak_rss_in(&format!("/proc/{pid}/status"))
+}
+
+fn peak_rss_in(status_file: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_file).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line
         .trim_start_matches("VmHWM:")
@@ -28,6 +37,7 @@ mod tests {
         // Linux only; elsewhere the column shows "-".
         if cfg!(target_os = "linux") {
             assert!(peak_rss().is_some_and(|b| b > 0));
+            assert!(peak_rss_of(std::process::id()).is_some());
         }
     }
 }

@@ -22,11 +22,13 @@ pub(crate) enum Scenario {
     Tracker,
     /// First scan of a folder and restart over it unchanged.
     Startup,
+    /// One seeder capped at R, N downloaders (the real `peer` binary) started together.
+    FlashCrowd,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub(crate) const ALL: [Scenario; 8] = [
+    pub(crate) const ALL: [Scenario; 9] = [
         Scenario::Baseline,
         Scenario::OneHolder,
         Scenario::ThreeHolders,
@@ -35,6 +37,7 @@ impl Scenario {
         Scenario::Stress,
         Scenario::Tracker,
         Scenario::Startup,
+        Scenario::FlashCrowd,
     ];
 }
 
@@ -97,6 +100,20 @@ pub(crate) struct SwarmOptions {
     /// first scan, so it is read from disk.
     #[arg(long)]
     pub(crate) startup_cold: bool,
+    /// Size of the file of the flash-crowd scenario.
+    #[arg(long, default_value = "64M", value_parser = human::parse_size)]
+    pub(crate) crowd_size: u64,
+    /// R, the seeder's upload cap in the flash-crowd scenario, per second (e.g. 20M).
+    #[arg(long, default_value = "20M", value_parser = human::parse_size)]
+    pub(crate) crowd_rate: u64,
+    /// Flash-crowd sizes: one measurement per N, N downloaders started together
+    /// (comma-separated).
+    #[arg(long, default_value = "1,4,8,16", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) crowd_downloaders: Vec<u32>,
+    /// Runs per N in the flash-crowd scenario (its own count: one run of every N takes about a
+    /// minute at the defaults); the table shows medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) crowd_runs: u32,
     /// Working directory (default: a temporary directory under $TMPDIR, removed at the end).
     #[arg(long)]
     pub(crate) dir: Option<PathBuf>,

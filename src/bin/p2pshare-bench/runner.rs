@@ -1,6 +1,7 @@
 //! The scenarios, run in order against one [`Swarm`]: the [`Runner`] and its shared helpers here,
 //! each scenario in a file of its own below.
 
+mod crowd;
 mod downloads;
 mod small_files;
 mod startup;
@@ -97,6 +98,7 @@ pub(crate) fn run(opts: &SwarmOptions, progress: &mut dyn Write) -> Result<Vec<R
             Scenario::Stress => ("stress", runner.stress()),
             Scenario::Tracker => ("tracker", runner.tracker()),
             Scenario::Startup => ("startup", runner.startup()),
+            Scenario::FlashCrowd => ("flash-crowd", runner.flash_crowd()),
         };
         if let Err(e) = result {
             runner.push(failed_row(name, &e));

@@ -120,15 +120,13 @@ impl Swarm {
     ) -> Result<Vec<Arc<PeerNode>>, BenchError> {
         let mut nodes = Vec::new();
         for rate in rates {
-            let id = self.fresh_id(label);
-            let dir = self.root.join("peers").join(&id);
-            std::fs::create_dir_all(dir.join("files"))?;
-            std::fs::create_dir_all(dir.join(".p2pshare"))?;
-            for name in files {
-                std::fs::hard_link(self.data_path(name), dir.join("files").join(name))?;
-            }
-            // Best effort: without it the holder hashes its files at start.
-            let _ = std::fs::copy(self.seed.root().join(HASH_CACHE), dir.join(HASH_CACHE));
+            let (id, dir) = match self.holder_folder(label, files) {
+                Ok(folder) => folder,
+                Err(e) => {
+                    self.stop_holders(nodes);
+                    return Err(e);
+                }
+            };
             let mut config = PeerConfig::new(&id, dir, &self.tracker.addr.to_string());
             config.limits.upload_rate = rate.map(|r| Arc::new(RateLimiter::new(r)));
             let node = self.runtime.block_on(async {
@@ -153,6 +151,25 @@ impl Swarm {
             }
         }
         Ok(nodes)
+    }
+
+    /// A fresh holder id and its folder under `peers/`, sharing hard links to `files` with the
+    /// seed's hash cache (so the holder hashes nothing at start).
+    pub(crate) fn holder_folder(
+        &mut self,
+        label: &str,
+        files: &[String],
+    ) -> Result<(String, PathBuf), BenchError> {
+        let id = self.fresh_id(label);
+        let dir = self.root.join("peers").join(&id);
+        std::fs::create_dir_all(dir.join("files"))?;
+        std::fs::create_dir_all(dir.join(".p2pshare"))?;
+        for name in files {
+            std::fs::hard_link(self.data_path(name), dir.join("files").join(name))?;
+        }
+        // Best effort: without it the holder hashes its files at start.
+        let _ = std::fs::copy(self.seed.root().join(HASH_CACHE), dir.join(HASH_CACHE));
+        Ok((id, dir))
     }
 
     /// Stops holders and removes their folders.
@@ -187,7 +204,8 @@ impl Swarm {
         let dir = match plan {
             Plan::Download { peer, .. }
             | Plan::GetMany { peer, .. }
-            | Plan::Stress { peer, .. } => Some(&peer.dir),
+            | Plan::Stress { peer, .. }
+            | Plan::Seed { peer, .. } => Some(&peer.dir),
             Plan::Startup { .. } | Plan::TrackerLoad { .. } => None,
         };
         if let Some(dir) = dir {

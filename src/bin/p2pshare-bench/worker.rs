@@ -3,12 +3,14 @@
 //! the `WhoHas` load is in [`crate::tracker_load`].
 
 use crate::child::{
-    ChildPeer, ChildReport, DownloadRun, GetManyReport, Plan, StartupReport, StressReport,
+    ChildPeer, ChildReport, DownloadRun, GetManyReport, Plan, SeedReport, StartupReport,
+    StressReport,
 };
 use crate::memory::{peak_rss, reset_peak_rss};
 use crate::tracker_load;
 use p2pshare::chunking::ContentId;
 use p2pshare::peer::download::{Destination, DownloadRequest, Progress};
+use p2pshare::peer::server::{RateLimiter, ServeLimits};
 use p2pshare::peer::{PeerConfig, PeerNode};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,10 +21,18 @@ use tokio::net::TcpListener;
 pub(crate) const STRESS_SINGLES: usize = 3;
 
 async fn start_child_peer(peer: &ChildPeer) -> Result<Arc<PeerNode>, String> {
+    start_child_peer_with(peer, ServeLimits::default()).await
+}
+
+async fn start_child_peer_with(
+    peer: &ChildPeer,
+    limits: ServeLimits,
+) -> Result<Arc<PeerNode>, String> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    let config = PeerConfig::new(&peer.id, peer.dir.clone(), &peer.tracker);
+    let mut config = PeerConfig::new(&peer.id, peer.dir.clone(), &peer.tracker);
+    config.limits = limits;
     let (node, info) = PeerNode::start(config, listener)
         .await
         .map_err(|e| format!("peer {}: {e}", peer.id))?;
@@ -105,6 +115,20 @@ pub(crate) async fn run_plan(plan: Plan) -> Result<ChildReport, String> {
             stop_peer(&node).await;
             Ok(ChildReport::Startup(report))
         }
+        Plan::Seed {
+            peer,
+            upload_rate,
+            max_seconds,
+        } => {
+            let limits = ServeLimits {
+                upload_rate: Some(Arc::new(RateLimiter::new(upload_rate))),
+                ..ServeLimits::default()
+            };
+            let node = start_child_peer_with(&peer, limits).await?;
+            let report = seed(&node, Duration::from_secs(max_seconds)).await;
+            stop_peer(&node).await;
+            report.map(ChildReport::Seed)
+        }
         Plan::TrackerLoad {
             tracker,
             register,
@@ -125,6 +149,37 @@ pub(crate) async fn run_plan(plan: Plan) -> Result<ChildReport, String> {
         .await
         .map(ChildReport::TrackerLoad),
     }
+}
+
+/// Says [`ChildReport::Ready`] on standard output, serves until standard input closes (or
+/// `max` passes), and reports what `node` uploaded meanwhile.
+async fn seed(node: &PeerNode, max: Duration) -> Result<SeedReport, String> {
+    let ready = serde_json::to_string(&ChildReport::Ready).map_err(|e| e.to_string())?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{ready}").map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    reset_peak_rss();
+    let started = Instant::now();
+    // The plan's line has been read; the rest of standard input is the stop signal (EOF). The
+    // blocking read is left behind if `max` passes first: the process ends after the report.
+    let closed = tokio::task::spawn_blocking(|| {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+    });
+    if tokio::time::timeout(max, closed).await.is_err() {
+        tracing::warn!(
+            ?max,
+            "seeder: stopped by its own deadline, not by the bench"
+        );
+    }
+    Ok(SeedReport {
+        bytes_uploaded: node.bytes_uploaded(),
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss: peak_rss(),
+    })
 }
 
 /// Checks a downloaded copy against `expected` (off the clock; `None`: no check), then deletes
