@@ -26,7 +26,7 @@ mod partial;
 pub(crate) mod picker;
 mod request;
 mod transfer;
-mod version;
+pub(crate) mod version;
 mod worker;
 
 pub use crate::progress::Progress;

@@ -587,11 +587,8 @@ impl Transfer {
             let content_id = self.manifest.content_id();
             exchanges.spawn(async move {
                 match link.holders(content_id, &me).await {
-                    Ok(holders) => holders
-                        .iter()
-                        .take(crate::peer::book::MAX_EXCHANGED)
-                        .filter_map(|h| HolderAddr::parse(&h.peer_id, &h.address, h.partial))
-                        .collect(),
+                    // Checked and bounded by `Link::holders`.
+                    Ok(holders) => holders,
                     Err((_, why)) => {
                         tracing::debug!(holder = %link.peer_id, "peer exchange failed: {why}");
                         Vec::new()
