@@ -113,7 +113,7 @@ async fn download(
         }
         Some(Err(e)) => return Err(e.into()),
     };
-    let versions = version::parse_versions(versions);
+    let (versions, _) = version::parse_versions(&request.name, versions);
     let (version, note) = version::pick_version(&versions, request)?;
     let content_id = version.content_id;
     tracing::Span::current().record("id", tracing::field::display(content_id.short()));

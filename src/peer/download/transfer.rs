@@ -482,7 +482,8 @@ impl Transfer {
                 let content_id = self.manifest.content_id();
                 tracker_call = Some(Box::pin(async move {
                     match who_has.await {
-                        Ok(versions) => parse_versions(versions)
+                        Ok(versions) => parse_versions(name, versions)
+                            .0
                             .into_iter()
                             .filter(|v| v.content_id == content_id)
                             .flat_map(|v| v.holders)

@@ -43,30 +43,20 @@ pub(crate) struct Offer {
     pub(crate) holders: Vec<HolderAddr>,
 }
 
-/// The versions in a tracker's answer that parse, in the tracker's order (most holders first);
-/// entries that do not are skipped, with one warning for the lot.
-pub(crate) fn parse_versions(versions: Vec<FileVersion>) -> Vec<Offer> {
-    parse_answer(None, versions).0
-}
-
-/// Like [`parse_versions`] for an answer about the file `name`: a version naming another file
-/// is malformed too. Also returns how many entries (versions and holders) were skipped, so a
-/// caller left with nothing can say why.
-pub(crate) fn parse_versions_of(name: &str, versions: Vec<FileVersion>) -> (Vec<Offer>, usize) {
-    parse_answer(Some(name), versions)
-}
-
-fn parse_answer(name: Option<&str>, versions: Vec<FileVersion>) -> (Vec<Offer>, usize) {
+/// The versions in a tracker's answer about the file `name` that parse, in the tracker's order
+/// (most holders first), and how many entries (versions and holders) were skipped, so a caller
+/// left with nothing can say why. A version naming another file is malformed too. Skipped
+/// entries give one warning for the lot.
+pub(crate) fn parse_versions(name: &str, versions: Vec<FileVersion>) -> (Vec<Offer>, usize) {
     let mut skipped = 0usize;
     let offers = versions
         .into_iter()
         .filter_map(|v| {
-            let named_right = name.is_none_or(|name| v.name == name);
             let Ok(content_id) = v.content_id.parse::<ContentId>() else {
                 skipped += 1;
                 return None;
             };
-            if !named_right {
+            if v.name != name {
                 skipped += 1;
                 return None;
             }
@@ -170,25 +160,28 @@ mod tests {
             address: address.into(),
             partial: false,
         };
-        let offers = parse_versions(vec![
-            FileVersion {
-                name: "f".into(),
-                size: 1,
-                content_id: "short".into(),
-                holders: vec![holder("a", "127.0.0.1:1")],
-            },
-            FileVersion {
-                name: "f".into(),
-                size: 1,
-                content_id: good.clone(),
-                holders: vec![
-                    holder("ok", "127.0.0.1:1"),
-                    holder("bad id!", "127.0.0.1:1"),
-                    holder("x", "\u{1b}[2J:1"),
-                    holder("y", "127.0.0.1:0"),
-                ],
-            },
-        ]);
+        let (offers, _) = parse_versions(
+            "f",
+            vec![
+                FileVersion {
+                    name: "f".into(),
+                    size: 1,
+                    content_id: "short".into(),
+                    holders: vec![holder("a", "127.0.0.1:1")],
+                },
+                FileVersion {
+                    name: "f".into(),
+                    size: 1,
+                    content_id: good.clone(),
+                    holders: vec![
+                        holder("ok", "127.0.0.1:1"),
+                        holder("bad id!", "127.0.0.1:1"),
+                        holder("x", "\u{1b}[2J:1"),
+                        holder("y", "127.0.0.1:0"),
+                    ],
+                },
+            ],
+        );
         assert_eq!(offers.len(), 1);
         assert_eq!(offers[0].content_id.to_hex(), good);
         assert_eq!(offers[0].holders.len(), 1);
@@ -219,15 +212,13 @@ mod tests {
             version("f", good.clone()),
             version("f", ContentId::of(b"z").to_hex()),
         ];
-        let (offers, skipped) = parse_versions_of("f", answer.clone());
+        let (offers, skipped) = parse_versions("f", answer);
         assert_eq!(skipped, 3);
         assert_eq!(offers.len(), 2);
         let request = DownloadRequest::parse("f", super::super::Destination::Files);
         let (picked, note) = pick_version(&offers, &request).unwrap();
         assert_eq!(picked.content_id.to_hex(), good);
         assert!(note.unwrap().contains(&good[..12]));
-        // Without a name to check, another file's version is not malformed.
-        assert_eq!(parse_versions(answer).len(), 3);
     }
 
     #[test]
@@ -284,13 +275,13 @@ mod tests {
                 })
                 .collect();
             let total = answer.len();
-            let (offers, skipped) = parse_versions_of("f", answer.clone());
+            let (offers, skipped) = parse_versions("f", answer);
             prop_assert!(offers.len() + skipped >= total);
             let checked = |h: &HolderAddr| {
                 validate_peer_id(&h.peer_id).is_ok()
                     && peer_address(&h.address).as_deref() == Some(h.address.as_str())
             };
-            for offer in offers.iter().chain(&parse_versions(answer)) {
+            for offer in &offers {
                 prop_assert!(offer.holders.iter().all(checked));
             }
             let exchanged: Vec<KnownHolder> = exchanged

@@ -11,7 +11,7 @@ use super::{render, Command};
 use crate::bench;
 use crate::console::{ProgressDisplay, ProgressMode};
 use crate::names;
-use crate::peer::download::version::parse_versions_of;
+use crate::peer::download::version::parse_versions;
 use crate::peer::download::{Destination, DownloadRequest};
 use crate::peer::PeerNode;
 use crate::progress::Progress;
@@ -75,7 +75,7 @@ async fn run(
             {
                 Ok(versions) => {
                     let answered = versions.len();
-                    let (offers, skipped) = parse_versions_of(&request.name, versions);
+                    let (offers, skipped) = parse_versions(&request.name, versions);
                     if offers.is_empty() && answered > 0 {
                         return failed(
                             out,

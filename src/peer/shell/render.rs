@@ -2,7 +2,7 @@
 //! `--json` command for scripts.
 //!
 //! Everything shown from the tracker is checked first (`answers`, and
-//! `download::version::parse_versions_of` for `whohas`): an entry that does not parse is left
+//! `download::version::parse_versions` for `whohas`): an entry that does not parse is left
 //! out with one warning. Text that quotes other processes (the reasons a holder was dropped) is
 //! escaped with [`crate::names::shown`].
 //!
@@ -330,7 +330,7 @@ mod tests {
     use super::*;
     use crate::chunking::Manifest;
     use crate::pb::tracker::{FileVersion, Holder};
-    use crate::peer::download::version::parse_versions_of;
+    use crate::peer::download::version::parse_versions;
     use std::sync::Arc;
 
     fn text(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> String {
@@ -410,7 +410,7 @@ mod tests {
                 holders: vec![],
             },
         ];
-        let offers = parse_versions_of("v.mp4", versions).0;
+        let offers = parse_versions("v.mp4", versions).0;
         let out = text(|out| who_has(out, "v.mp4", &offers, true));
         let ab = "ab".repeat(32);
         let cd = "cd".repeat(32);
@@ -495,7 +495,7 @@ mod tests {
             ],
         }];
         assert_eq!(
-            text(|out| who_has(out, "v", &parse_versions_of("v", versions).0, false)),
+            text(|out| who_has(out, "v", &parse_versions("v", versions).0, false)),
             "NAME     SIZE  ID            HOLDERS  WHO\n\
              v     2.0 KiB  abababababab  2        B (10.0.0.2:1), A (10.0.0.1:1, partial)\n"
         );

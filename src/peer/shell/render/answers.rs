@@ -4,7 +4,7 @@
 //! connection) can send anything a protobuf can hold. Each entry is parsed into a checked type
 //! (a valid file name or peer id, a content id, a dialable address, counts that agree); an entry
 //! that does not parse is left out, and each answer with such entries gives one warning. What
-//! `whohas` shows goes through `download::version::parse_versions_of`, as a download's does.
+//! `whohas` shows goes through `download::version::parse_versions`, as a download's does.
 
 use crate::chunking::ContentId;
 use crate::names::{peer_address, validate_file_name, validate_peer_id};
@@ -87,7 +87,7 @@ mod tests {
     use super::*;
     use crate::names::is_unsafe_to_show;
     use crate::pb::tracker::{FileVersion, Holder};
-    use crate::peer::download::version::parse_versions_of;
+    use crate::peer::download::version::parse_versions;
     use proptest::prelude::*;
 
     fn render(write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> String {
@@ -219,7 +219,7 @@ mod tests {
             files_list in prop::collection::vec(file_summary(), 0..4),
             peers_list in prop::collection::vec(peer_summary(), 0..4),
         ) {
-            let (offers, _) = parse_versions_of("f", versions);
+            let (offers, _) = parse_versions("f", versions);
             for json in [false, true] {
                 let text = render(|out| super::super::who_has(out, "f", &offers, json));
                 assert_showable(&text);
