@@ -12,6 +12,10 @@
 //!
 //! Every wait is bounded; children are killed when a test ends, pass or fail.
 
+// Answers are built with `..Default::default()` so that fields added to the messages later
+// (backward compatible within v1) leave this fake tracker compiling.
+#![allow(clippy::needless_update)]
+
 mod common;
 
 use common::{content, TestPeer};
@@ -30,6 +34,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
+use p2pshare::console::ProgressMode;
+use p2pshare::peer::shell::{execute, parse, Outcome};
+use proptest::prelude::*;
+
 /// Bound on a scripted shell session.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 /// A line no command prints: the shell's answer to it marks the end of the script's output.
@@ -46,11 +54,17 @@ struct Answers {
     peers: Vec<tpb::PeerSummary>,
 }
 
-/// A tracker that answers with `Answers` whatever is asked, and remembers who registered on
-/// which port.
+/// A tracker that answers with `Answers` (which a test may change) whatever is asked, and
+/// remembers who registered on which port.
 struct HostileTracker {
-    answers: Answers,
+    answers: Arc<Mutex<Answers>>,
     registered: Arc<Mutex<Vec<(String, u32)>>>,
+}
+
+impl HostileTracker {
+    fn answers(&self) -> Answers {
+        self.answers.lock().unwrap().clone()
+    }
 }
 
 #[tonic::async_trait]
@@ -64,7 +78,7 @@ impl Tracker for HostileTracker {
             .lock()
             .unwrap()
             .push((request.peer_id.clone(), request.port));
-        Ok(Response::new(self.answers.register.clone().unwrap_or(
+        Ok(Response::new(self.answers().register.unwrap_or(
             tpb::RegisterResponse {
                 session_token: "t".into(),
                 heartbeat_interval_secs: 10,
@@ -99,9 +113,14 @@ impl Tracker for HostileTracker {
         request: Request<tpb::WhoHasRequest>,
     ) -> Result<Response<tpb::WhoHasResponse>, Status> {
         let name = request.into_inner().name;
-        match self.answers.versions.iter().find(|(n, _)| *n == name) {
+        match self
+            .answers()
+            .versions
+            .into_iter()
+            .find(|(n, _)| *n == name)
+        {
             Some((_, versions)) => Ok(Response::new(tpb::WhoHasResponse {
-                versions: versions.clone(),
+                versions,
                 ..Default::default()
             })),
             // A refusal whose message would clear the screen and break the line.
@@ -121,7 +140,7 @@ impl Tracker for HostileTracker {
         _: Request<tpb::ListPeersRequest>,
     ) -> Result<Response<tpb::ListPeersResponse>, Status> {
         Ok(Response::new(tpb::ListPeersResponse {
-            peers: self.answers.peers.clone(),
+            peers: self.answers().peers,
             ..Default::default()
         }))
     }
@@ -130,19 +149,27 @@ impl Tracker for HostileTracker {
         _: Request<tpb::ListFilesRequest>,
     ) -> Result<Response<tpb::ListFilesResponse>, Status> {
         Ok(Response::new(tpb::ListFilesResponse {
-            files: self.answers.files.clone(),
+            files: self.answers().files,
             ..Default::default()
         }))
     }
 }
 
-/// Serves a [`HostileTracker`] on a loopback port; returns its address and its registrations.
-async fn start_hostile_tracker(answers: Answers) -> (SocketAddr, Arc<Mutex<Vec<(String, u32)>>>) {
+/// A running [`HostileTracker`].
+struct Running {
+    addr: SocketAddr,
+    answers: Arc<Mutex<Answers>>,
+    registered: Arc<Mutex<Vec<(String, u32)>>>,
+}
+
+/// Serves a [`HostileTracker`] on a loopback port.
+async fn start_hostile_tracker(answers: Answers) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let registered = Arc::new(Mutex::new(Vec::new()));
+    let answers = Arc::new(Mutex::new(answers));
     let tracker = HostileTracker {
-        answers,
+        answers: answers.clone(),
         registered: registered.clone(),
     };
     tokio::spawn(
@@ -150,7 +177,11 @@ async fn start_hostile_tracker(answers: Answers) -> (SocketAddr, Arc<Mutex<Vec<(
             .add_service(TrackerServer::new(tracker))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    (addr, registered)
+    Running {
+        addr,
+        answers,
+        registered,
+    }
 }
 
 fn holder(peer_id: &str, address: &str) -> tpb::Holder {
@@ -277,8 +308,8 @@ async fn a_hostile_tracker_cannot_crash_or_garble_the_shell() {
         files: vec![],
         peers: vec![],
     };
-    let (seeder_tracker, _) = start_hostile_tracker(seeder_answers).await;
-    let seeder = TestPeer::start("S", seeder_tracker, &[("f", &data)]).await;
+    let seeder_tracker = start_hostile_tracker(seeder_answers).await;
+    let seeder = TestPeer::start("S", seeder_tracker.addr, &[("f", &data)]).await;
     let s = seeder.node.local_addr().to_string();
 
     let junk_versions = vec![
@@ -339,7 +370,11 @@ async fn a_hostile_tracker_cannot_crash_or_garble_the_shell() {
             peer("C", "[::1]:0"),
         ],
     };
-    let (tracker, registered) = start_hostile_tracker(answers).await;
+    let Running {
+        addr: tracker,
+        registered,
+        ..
+    } = start_hostile_tracker(answers).await;
 
     let tmp = tempfile::tempdir().unwrap();
     let (mut child, lines) = spawn_shell("D", tracker, tmp.path());
@@ -538,14 +573,14 @@ async fn a_malformed_registration_answer_is_refused_in_words() {
         ),
         (answer("", "127.0.0.1:1"), "session token of 0 bytes"),
     ] {
-        let (tracker, _) = start_hostile_tracker(Answers {
+        let tracker = start_hostile_tracker(Answers {
             register: Some(register),
             versions: vec![],
             files: vec![],
             peers: vec![],
         })
         .await;
-        let config = PeerConfig::new("P", tmp.path().join("P"), &tracker.to_string());
+        let config = PeerConfig::new("P", tmp.path().join("P"), &tracker.addr.to_string());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (node, info) = PeerNode::start(config, listener).await.unwrap();
         let error = info
@@ -691,4 +726,151 @@ async fn a_tracker_that_is_down_gets_no_tls_hint_and_a_tls_one_does() {
         // Start-up and the command each wait at most one call deadline (5 s).
         assert!(took < Duration::from_secs(20), "{what} took {took:?}");
     }
+}
+
+/// Anything a protobuf string can hold, weighted to what matters: terminal controls, ids that
+/// are almost valid, valid ids and addresses (closed ports only: nothing is ever resolved or
+/// reached).
+fn wire_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}\\u{202a}-\\u{202e}\\u{2066}-\\u{2069}a-f0-9é]{0,70}",
+        "[a-z0-9.]{1,12}",
+        Just("f".to_string()),
+        Just(ContentId::of(b"x").to_hex()),
+        Just("127.0.0.1:9".to_string()),
+        Just(format!("{CLEAR}{TITLE}{RED}{RTL}")),
+    ]
+}
+
+fn any_holder() -> impl Strategy<Value = tpb::Holder> {
+    (wire_text(), wire_text(), any::<bool>()).prop_map(|(peer_id, address, partial)| tpb::Holder {
+        peer_id,
+        address,
+        partial,
+    })
+}
+
+fn any_version() -> impl Strategy<Value = tpb::FileVersion> {
+    (
+        wire_text(),
+        any::<u64>(),
+        wire_text(),
+        prop::collection::vec(any_holder(), 0..4),
+    )
+        .prop_map(|(name, size, content_id, holders)| tpb::FileVersion {
+            name,
+            size,
+            content_id,
+            holders,
+        })
+}
+
+fn any_file() -> impl Strategy<Value = tpb::FileSummary> {
+    (
+        wire_text(),
+        any::<u64>(),
+        wire_text(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(name, size, content_id, holder_count, partial_holder_count)| tpb::FileSummary {
+                name,
+                size,
+                content_id,
+                holder_count,
+                partial_holder_count,
+            },
+        )
+}
+
+fn any_peer() -> impl Strategy<Value = tpb::PeerSummary> {
+    (wire_text(), wire_text(), any::<u32>(), any::<u64>()).prop_map(
+        |(peer_id, address, file_count, total_bytes)| tpb::PeerSummary {
+            peer_id,
+            address,
+            file_count,
+            total_bytes,
+        },
+    )
+}
+
+/// Arbitrary decoded tracker answers, fed to a real peer's shell commands (`whohas`, `files`,
+/// `peers`, each also `--json`, and `get`): no panic, no character a terminal would obey in the
+/// output, one line per checked entry at most, and a failure is one `error:` line.
+#[test]
+fn any_tracker_answer_through_the_shell_is_safe() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (tracker, node) = runtime.block_on(async {
+        let tracker = start_hostile_tracker(Answers {
+            register: None,
+            versions: vec![],
+            files: vec![],
+            peers: vec![],
+        })
+        .await;
+        let mut config = PeerConfig::new("P", tmp.path().join("P"), &tracker.addr.to_string());
+        config.stall_timeout = Duration::from_secs(1);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (node, info) = PeerNode::start(config, listener).await.unwrap();
+        assert!(info.registration.is_ok(), "{:?}", info.registration);
+        (tracker, node)
+    });
+    let config = ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(
+        versions in prop::collection::vec(any_version(), 0..4),
+        files in prop::collection::vec(any_file(), 0..4),
+        peers in prop::collection::vec(any_peer(), 0..4),
+    )| {
+        let entries = [
+            ("whohas", versions.len()),
+            ("files", files.len()),
+            ("peers", peers.len()),
+            ("get", versions.len()),
+        ];
+        *tracker.answers.lock().unwrap() = Answers {
+            register: None,
+            versions: vec![("f".into(), versions)],
+            files,
+            peers,
+        };
+        for line in [
+            "whohas f", "whohas f --json", "files", "files --json", "peers", "peers --json", "get f",
+        ] {
+            let mut out = Vec::new();
+            let command = parse(line).unwrap();
+            let outcome = runtime
+                .block_on(async {
+                    let run = execute(&node, command, &mut out, ProgressMode::Off);
+                    tokio::time::timeout(SESSION_TIMEOUT, run).await
+                })
+                .expect("bounded")
+                .unwrap();
+            let text = String::from_utf8(out).unwrap();
+            prop_assert!(!obeyable(&text), "{}: {:?}", line, text);
+            let lines = text.lines().count();
+            let entries = entries.iter().find(|(c, _)| line.starts_with(c)).unwrap().1;
+            if outcome == Outcome::Failed {
+                prop_assert_eq!(lines, 1, "{}: {:?}", line, text);
+                prop_assert!(text.starts_with("error: "), "{}: {:?}", line, text);
+            } else if line.ends_with("--json") {
+                prop_assert_eq!(lines, 1, "{}: {:?}", line, text);
+                let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+                prop_assert!(list.as_array().unwrap().len() <= entries);
+            } else if !line.starts_with("get") {
+                prop_assert!(lines <= 1 + entries, "{}: {:?}", line, text);
+            }
+        }
+    });
+    runtime.block_on(node.shutdown());
 }
