@@ -103,9 +103,11 @@ impl ClientSecurity {
             ),
             _ => None,
         };
+        // The chain can quote the server (a certificate's names, a protocol error's text).
+        let detail = crate::names::shown(&detail);
         Some(match hint {
             Some(hint) => format!("{detail}; {hint}"),
-            None => detail,
+            None => detail.into_owned(),
         })
     }
 }

@@ -397,7 +397,9 @@ fn already_had(mine: &SharedFile, started: Instant, note: Option<String>) -> Dow
     }
 }
 
-/// A holder's error status in a line: its code and message.
+/// A holder's error status in a line: its code and message, the message (the holder's text)
+/// escaped and cut to `contact::MAX_QUOTED_CHARS`.
 fn describe(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let message = crate::names::at_most(status.message(), contact::MAX_QUOTED_CHARS);
+    format!("{:?}: {}", status.code(), crate::names::shown(&message))
 }

@@ -30,7 +30,7 @@ pub enum TrackerLinkError {
     NotRegistered,
     /// The tracker answered with an error (its message is escaped when shown: it is the
     /// tracker's text).
-    #[error("tracker: {}", crate::names::shown(.0.message()))]
+    #[error("tracker: {}", crate::names::shown(&crate::names::at_most(.0.message(), 500)))]
     Rejected(Status),
     /// The tracker's answer did not make sense (see [`Session::checked`]).
     #[error("the tracker's answer is malformed: {0}")]

@@ -30,7 +30,8 @@ pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_millis(1500);
 pub(crate) const MANIFEST_PARALLEL: usize = 16;
 /// Most problems quoted in a "no manifest" error.
 const MAX_PROBLEMS_QUOTED: usize = 8;
-/// Longest error text of a holder quoted (a status message can be kilobytes long).
+/// Longest error message of a holder quoted in a log or an error (a status message can be
+/// kilobytes long).
 pub(crate) const MAX_QUOTED_CHARS: usize = 200;
 
 /// Who this peer is, as told to holders (see `proto/peer.proto`).
@@ -179,17 +180,11 @@ async fn control<T>(
             format!("no answer within {CONTROL_TIMEOUT:?}"),
         )),
         Ok(Err(status)) if status.code() == Code::ResourceExhausted => {
-            Err((Outcome::Busy, quoted(&status)))
+            Err((Outcome::Busy, describe(&status)))
         }
-        Ok(Err(status)) => Err((Outcome::Failed, quoted(&status))),
+        Ok(Err(status)) => Err((Outcome::Failed, describe(&status))),
         Ok(Ok(response)) => Ok(response.into_inner()),
     }
-}
-
-/// A holder's error as quoted in logs and in a download's error: its code and its message,
-/// escaped and at most [`MAX_QUOTED_CHARS`] long (it is the holder's text).
-fn quoted(status: &tonic::Status) -> String {
-    names::shown(&names::at_most(&describe(status), MAX_QUOTED_CHARS)).into_owned()
 }
 
 /// A holder's manifest, accepted only if its geometry is sane, its size is the tracker's and its
