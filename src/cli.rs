@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// Logs to standard error, filtered by `RUST_LOG` (default `default_filter`), through
 /// [`crate::console::LogWriter`] so that a log line never garbles the prompt or a progress bar,
-/// with field values escaped ([`crate::console::SafeFields`]).
+/// with field values escaped (`console::SafeFields`).
 /// Colours only when standard error is a terminal.
 pub fn init_logging(default_filter: &str) {
     use std::io::IsTerminal;

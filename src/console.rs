@@ -6,8 +6,8 @@
 //! is drawn (through `MultiProgress::suspend`), plainly otherwise.
 //!
 //! Log records carry text from the network (peer ids, addresses, a tracker's or a holder's error
-//! message), and none of it may act on the terminal. Two layers see to it: [`SafeFields`] formats
-//! every field value with [`names::shown`] (the formatter's own colours stay), and [`LogWriter`]
+//! message), and none of it may act on the terminal. Two layers see to it: `SafeFields` formats
+//! every field value with `names::shown` (the formatter's own colours stay), and `LogWriter`
 //! escapes whatever else a record holds except colour (SGR) sequences and its final newline, so
 //! a record stays one line whoever formatted it.
 

@@ -1,5 +1,5 @@
 //! Validation of names that come from the network or the command line: file names (one path
-//! component inside a shared folder), peer ids, and peer addresses (`host:port`); and [`shown`],
+//! component inside a shared folder), peer ids, and peer addresses (`host:port`); and `shown`,
 //! which makes any text from the network safe to print on a terminal.
 
 use std::borrow::Cow;

@@ -67,7 +67,7 @@ impl ClientSecurity {
     /// trust. `None` for a server's answer.
     ///
     /// The TLS hints name the likely cause, so they come only when TLS is configured or a
-    /// handshake failed (see [`Symptom`]): a host that refuses, does not answer, cannot be
+    /// handshake failed (see `Symptom`): a host that refuses, does not answer, cannot be
     /// reached or resolved is a network problem, whatever the swarm's security.
     pub fn explain_connection_failure(&self, status: &Status) -> Option<String> {
         let transport = std::iter::successors(

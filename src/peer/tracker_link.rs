@@ -32,7 +32,7 @@ pub enum TrackerLinkError {
     /// tracker's text).
     #[error("tracker: {}", crate::names::shown(&crate::names::at_most(.0.message(), 500)))]
     Rejected(Status),
-    /// The tracker's answer did not make sense (see [`Session::checked`]).
+    /// The tracker's answer did not make sense (see `Session::checked`).
     #[error("the tracker's answer is malformed: {0}")]
     Malformed(String),
 }
