@@ -47,16 +47,15 @@ async fn a_hostile_tracker_cannot_crash_or_garble_the_shell() {
         .unwrap()
         .local_addr()
         .unwrap();
-    // The seeder registers with the hostile tracker too (it answers Register honestly); its
-    // address goes into the answers once known, so the tracker starts with a placeholder that
-    // is replaced below.
-    let seeder_answers = Answers {
+    // The one honest holder, registered with a tracker of its own (which answers Register
+    // honestly); the hostile tracker below lists it by address.
+    let seeder_tracker = start_hostile_tracker(Answers {
         register: None,
         versions: vec![],
         files: vec![],
         peers: vec![],
-    };
-    let seeder_tracker = start_hostile_tracker(seeder_answers).await;
+    })
+    .await;
     let seeder = TestPeer::start("S", seeder_tracker.addr, &[("f", &data)]).await;
     let s = seeder.node.local_addr().to_string();
 
