@@ -3,7 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 /// Logs to standard error, filtered by `RUST_LOG` (default `default_filter`), through
-/// [`crate::console::LogWriter`] so that a log line never garbles the prompt or a progress bar.
+/// [`crate::console::LogWriter`] so that a log line never garbles the prompt or a progress bar,
+/// with field values escaped (`console::SafeFields`).
 /// Colours only when standard error is a terminal.
 pub fn init_logging(default_filter: &str) {
     use std::io::IsTerminal;
@@ -12,6 +13,7 @@ pub fn init_logging(default_filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
+        .fmt_fields(crate::console::SafeFields)
         .with_writer(crate::console::LogWriter::default)
         .init();
 }

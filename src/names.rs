@@ -1,6 +1,9 @@
 //! Validation of names that come from the network or the command line: file names (one path
-//! component inside a shared folder), peer ids, and peer addresses (`host:port`).
+//! component inside a shared folder), peer ids, and peer addresses (`host:port`); and `shown`,
+//! which makes any text from the network safe to print on a terminal.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Longest file name accepted, in bytes (the common file-system limit).
@@ -59,6 +62,68 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Characters that must never reach a terminal as they are: control characters (C0, DEL, C1:
+/// escape sequences, NUL, newlines, carriage returns) and bidirectional-text controls. Valid file
+/// names and peer ids contain none of them, so escaping them leaves valid output unchanged.
+pub(crate) fn is_unsafe_to_show(c: char) -> bool {
+    c.is_control() || is_bidi_control(c)
+}
+
+/// `text` (from the network, or anything that quotes it) as it may be shown on a terminal: every
+/// character of [`is_unsafe_to_show`] is written out visibly instead, so `ESC[2J`, OSC title
+/// sequences, colour codes, NUL, newlines and bidi overrides are seen, never obeyed.
+///
+/// The escapes: a control character below U+0080 (C0 and DEL) as `\xNN` in lowercase hex (ESC is
+/// `\x1b`, a newline `\x0a`), anything else (C1 controls, bidi controls) as `\u{NNNN}`
+/// (U+202E is `\u{202e}`), as tracing writes them. A backslash is left as it is: the point is that
+/// nothing is obeyed, not that the escaping can be undone. Borrowed (no copy) when nothing needs
+/// escaping, which is the case for every valid name.
+pub(crate) fn shown(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe_to_show) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        push_shown(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+/// Like [`shown`], but newlines stay: for whole blocks of output made of lines.
+pub(crate) fn shown_lines(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c != '\n' && is_unsafe_to_show(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push(c),
+            c => push_shown(&mut out, c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Appends `c`, escaped as [`shown`] says if it is unsafe to show.
+fn push_shown(out: &mut String, c: char) {
+    if !is_unsafe_to_show(c) {
+        out.push(c);
+    } else if (c as u32) < 0x80 {
+        let _ = write!(out, "\\x{:02x}", c as u32);
+    } else {
+        let _ = write!(out, "\\u{{{:x}}}", c as u32);
+    }
+}
+
+/// `text` cut to at most `max` characters, with `...` when something was cut: for text from the
+/// network quoted in an error line (a status message can be kilobytes long).
+pub(crate) fn at_most(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}...", &text[..end])),
+    }
+}
+
 /// Accepts a file name that is exactly one path component: no `/`, `\`, NUL or control
 /// characters, no bidirectional-text controls, not `.` or `..`, at most [`MAX_FILE_NAME_BYTES`]
 /// bytes.
@@ -82,6 +147,7 @@ pub(crate) fn validate_file_name(name: &str) -> Result<(), NameError> {
         '\\' => Some("'\\'"),
         '\0' => Some("a NUL byte"),
         c if c.is_control() => Some("a control character"),
+        // (with the arm above: exactly what `shown` escapes)
         c if is_bidi_control(c) => Some("a bidirectional-text control character"),
         _ => None,
     });
@@ -174,6 +240,36 @@ pub(crate) const MAX_ADDRESS_BYTES: usize = 270;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_controls_are_shown_not_obeyed() {
+        for (raw, seen) in [
+            ("\u{1b}[2J", "\\x1b[2J"),
+            ("\u{1b}]0;pwned\u{7}", "\\x1b]0;pwned\\x07"),
+            ("\u{1b}[31mred", "\\x1b[31mred"),
+            ("a\0b\nc\rd\te\u{7f}", "a\\x00b\\x0ac\\x0dd\\x09e\\x7f"),
+            ("\u{9b}2J", "\\u{9b}2J"),
+            ("\u{202e}txt.exe", "\\u{202e}txt.exe"),
+            ("a\u{2066}b", "a\\u{2066}b"),
+        ] {
+            assert_eq!(shown(raw), seen, "{raw:?}");
+            assert!(!shown(raw).chars().any(is_unsafe_to_show));
+        }
+        assert_eq!(shown_lines("a\u{1b}b\nc\n"), "a\\x1bb\nc\n");
+        // Valid names pass untouched, without a copy.
+        for valid in [
+            "vídeo final.mp4",
+            "peer-1",
+            "[::1]:80",
+            "日本語.txt",
+            "a\\b",
+        ] {
+            assert!(matches!(shown(valid), Cow::Borrowed(_)), "{valid:?}");
+        }
+        assert_eq!(at_most("abcdef", 3), "abc...");
+        assert_eq!(at_most("ééé", 3), "ééé");
+        assert_eq!(at_most("éééé", 3), "ééé...");
+    }
 
     #[test]
     fn peer_addresses_from_the_network_are_checked() {

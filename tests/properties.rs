@@ -1,11 +1,14 @@
 //! Property tests of the pure chunking logic (issue 7): what a manifest binds, what piece
 //! verification catches, that the manifest's root is plain BLAKE3, and that block arithmetic on
-//! numbers straight from the network never panics and always agrees with itself.
+//! numbers straight from the network never panics and always agrees with itself; and (issue 12)
+//! that a holder's bitfield, straight from the network, is accepted exactly when it is one.
+//! (Arbitrary tracker answers fed to the shell are in `tests/boundary.rs`.)
 //!
 //! Case counts and sizes are modest so the suite stays fast in a debug build.
 
 use p2pshare::chunking::{
-    ChunkingError, ContentId, Geometry, Manifest, BLOCK_SIZE, MAX_PIECE_SIZE, MIN_PIECE_SIZE,
+    Bitfield, BitfieldError, ChunkingError, ContentId, Geometry, Manifest, BLOCK_SIZE,
+    MAX_PIECE_SIZE, MIN_PIECE_SIZE,
 };
 use proptest::prelude::*;
 
@@ -336,5 +339,43 @@ proptest! {
             geometry.block_bytes(run_blocks.start, run_blocks.end - run_blocks.start),
             Some(bytes.start..last.end)
         );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A `GetPiecesResponse` bitfield and piece count as any holder may send them: parsing never
+    /// panics, accepts exactly `ceil(pieces / 8)` bytes with the spare bits clear, and what it
+    /// accepts reads back bit for bit (piece i is bit 7 - i % 8 of byte i / 8).
+    #[test]
+    fn any_bitfield_from_the_network_parses_exactly(
+        bytes in prop::collection::vec(any::<u8>(), 0..40),
+        pieces in prop_oneof![0u64..320, Just(u64::MAX), any::<u64>()],
+    ) {
+        match Bitfield::from_bytes(&bytes, pieces) {
+            Ok(field) => {
+                prop_assert_eq!(bytes.len() as u64, pieces.div_ceil(8));
+                prop_assert_eq!(field.as_bytes(), &bytes[..]);
+                prop_assert_eq!(field.len(), pieces);
+                let mut ones = 0;
+                for piece in 0..pieces {
+                    let bit = bytes[(piece / 8) as usize] >> (7 - piece % 8) & 1 == 1;
+                    prop_assert_eq!(field.has(piece), bit);
+                    ones += u64::from(bit);
+                }
+                prop_assert_eq!(field.count(), ones);
+                prop_assert_eq!(field.is_full(), ones == pieces);
+            }
+            Err(BitfieldError::WrongLength { expected, got, .. }) => {
+                prop_assert_eq!(expected, pieces.div_ceil(8));
+                prop_assert_eq!(got, bytes.len() as u64);
+                prop_assert_ne!(got, expected);
+            }
+            Err(BitfieldError::SpareBits { .. }) => {
+                prop_assert_eq!(bytes.len() as u64, pieces.div_ceil(8));
+                prop_assert!(pieces % 8 != 0);
+            }
+        }
     }
 }

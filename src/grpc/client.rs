@@ -65,6 +65,10 @@ impl ClientSecurity {
     /// what failed, in words, with a hint when it looks like a TLS mismatch: a plaintext client
     /// of a TLS server, a TLS client of a plaintext server, or a certificate this client does not
     /// trust. `None` for a server's answer.
+    ///
+    /// The TLS hints name the likely cause, so they come only when TLS is configured or a
+    /// handshake failed (see `Symptom`): a host that refuses, does not answer, cannot be
+    /// reached or resolved is a network problem, whatever the swarm's security.
     pub fn explain_connection_failure(&self, status: &Status) -> Option<String> {
         let transport = std::iter::successors(
             std::error::Error::source(status),
@@ -85,30 +89,82 @@ impl ClientSecurity {
                 };
             }
         }
-        let lower = detail.to_ascii_lowercase();
-        let hint = if lower.contains("connection refused") || lower.contains("timed out") {
-            None
-        } else if lower.contains("certificate") {
-            Some(
+        let hint = match (Symptom::of(&detail), self.tls_ca.is_some()) {
+            (Symptom::Certificate, _) => Some(
                 "TLS: the server's certificate was rejected; it must be signed by the CA given \
                  with --tls-ca and name the address dialled (an IP SAN for an IP address)",
-            )
-        } else if self.tls_ca.is_some()
-            && (lower.contains("corrupt message") || lower.contains("handshake"))
-        {
-            Some("TLS: the server did not answer with TLS; is it a plaintext server?")
-        } else if self.tls_ca.is_none() {
-            Some(
+            ),
+            (Symptom::NotTls, true) => {
+                Some("TLS: the server did not answer with TLS; is it a plaintext server?")
+            }
+            (Symptom::NotTls | Symptom::HungUp, false) => Some(
                 "if the server uses TLS, give the swarm's CA with --tls-ca (a TLS peer also \
                  needs --tls-cert and --tls-key)",
-            )
-        } else {
-            None
+            ),
+            _ => None,
         };
+        // The chain can quote the server (a certificate's names, a protocol error's text).
+        let detail = crate::names::shown(&detail);
         Some(match hint {
             Some(hint) => format!("{detail}; {hint}"),
-            None => detail,
+            None => detail.into_owned(),
         })
+    }
+}
+
+/// What a failed connection looks like, from the words of its error chain (tonic, hyper, h2,
+/// rustls and the OS give no structured cause that survives into a `Status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Symptom {
+    /// No connection was made: refused, timed out, unreachable, or a name that does not
+    /// resolve. The network's problem (or a server that is down), never a TLS mismatch.
+    Network,
+    /// The server's certificate was rejected.
+    Certificate,
+    /// A handshake failed: for a TLS client, the server does not speak TLS.
+    NotTls,
+    /// The connection was made, then the server hung up or sent what is not HTTP/2: what a
+    /// plaintext client of a TLS server sees (the server's TLS alert, then the end).
+    HungUp,
+    /// Anything else.
+    Other,
+}
+
+impl Symptom {
+    /// Classifies an error chain (as `explain_connection_failure` builds it).
+    pub(crate) fn of(detail: &str) -> Symptom {
+        let lower = detail.to_ascii_lowercase();
+        let says = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+        if says(&[
+            "tcp connect error",
+            "dns error",
+            "connection refused",
+            "timed out",
+            "deadline has elapsed",
+            "network unreachable",
+            "network is unreachable",
+            "no route to host",
+            "host unreachable",
+            "failed to lookup address",
+        ]) {
+            Symptom::Network
+        } else if says(&["certificate"]) {
+            Symptom::Certificate
+        } else if says(&["corrupt message", "handshake"]) {
+            Symptom::NotTls
+        } else if says(&[
+            "broken pipe",
+            "connection reset",
+            "connection closed",
+            "connection error",
+            "frame",
+            "protocol error",
+            "unexpected eof",
+        ]) {
+            Symptom::HungUp
+        } else {
+            Symptom::Other
+        }
     }
 }
 
@@ -150,5 +206,97 @@ mod tests {
             !refused.contains("TLS"),
             "a server that is down is not a TLS problem: {refused}"
         );
+    }
+
+    /// The error chains seen on loopback (tonic 0.14, hyper-util 0.1, rustls), and what each
+    /// means.
+    #[test]
+    fn only_handshake_failures_and_tls_clients_get_tls_hints() {
+        use Symptom::*;
+        for (detail, symptom) in [
+            // Nothing listens.
+            (
+                "transport error: tcp connect error: Connection refused (os error 111)",
+                Network,
+            ),
+            // A listener whose backlog is full: the SYN is dropped, the connect timeout fires.
+            (
+                "transport error: tcp connect error: deadline has elapsed",
+                Network,
+            ),
+            (
+                "transport error: dns error: failed to lookup address information: Name or \
+              service not known",
+                Network,
+            ),
+            (
+                "transport error: tcp connect error: No route to host (os error 113)",
+                Network,
+            ),
+            // A plaintext client of a TLS server.
+            (
+                "transport error: connection error: stream closed because of a broken pipe",
+                HungUp,
+            ),
+            (
+                "transport error: operation was canceled: connection closed",
+                HungUp,
+            ),
+            (
+                "transport error: invalid peer certificate: UnknownIssuer",
+                Certificate,
+            ),
+            (
+                "transport error: received corrupt message of type InvalidContentType",
+                NotTls,
+            ),
+            ("transport error: something new", Other),
+        ] {
+            assert_eq!(Symptom::of(detail), symptom, "{detail}");
+        }
+        let plaintext = ClientSecurity::default();
+        for (message, hint) in [
+            ("tcp connect error: deadline has elapsed", false),
+            ("dns error: failed to lookup address information", false),
+            ("tcp connect error: Connection refused", false),
+            (
+                "connection error: stream closed because of a broken pipe",
+                true,
+            ),
+        ] {
+            let text = plaintext
+                .explain_connection_failure(&Status::unavailable(message))
+                .unwrap();
+            assert_eq!(text.contains("--tls-ca"), hint, "{text}");
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap().pem();
+        let tls = ClientSecurity {
+            swarm_key: None,
+            tls_ca: Some(TrustedCa::from_pem(&ca).unwrap()),
+        };
+        for (message, hint) in [
+            ("tcp connect error: deadline has elapsed", None),
+            ("tcp connect error: Connection refused", None),
+            (
+                "connection error: stream closed because of a broken pipe",
+                None,
+            ),
+            ("received corrupt message", Some("plaintext server")),
+            (
+                "invalid peer certificate: UnknownIssuer",
+                Some("certificate was rejected"),
+            ),
+        ] {
+            let text = tls
+                .explain_connection_failure(&Status::unavailable(message))
+                .unwrap();
+            match hint {
+                None => assert!(!text.contains("TLS"), "{text}"),
+                Some(hint) => assert!(text.contains(hint), "{text}"),
+            }
+        }
     }
 }

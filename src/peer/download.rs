@@ -32,7 +32,7 @@ mod partial;
 pub(crate) mod picker;
 mod request;
 mod transfer;
-mod version;
+pub(crate) mod version;
 mod worker;
 
 pub use crate::progress::Progress;
@@ -119,7 +119,7 @@ async fn download(
         }
         Some(Err(e)) => return Err(e.into()),
     };
-    let versions = version::parse_versions(versions);
+    let (versions, _) = version::parse_versions(&request.name, versions);
     let (version, note) = version::pick_version(&versions, request)?;
     let content_id = version.content_id;
     tracing::Span::current().record("id", tracing::field::display(content_id.short()));
@@ -403,7 +403,9 @@ fn already_had(mine: &SharedFile, started: Instant, note: Option<String>) -> Dow
     }
 }
 
-/// A holder's error status in a line: its code and message.
+/// A holder's error status in a line: its code and message, the message (the holder's text)
+/// escaped and cut to `contact::MAX_QUOTED_CHARS`.
 fn describe(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let message = crate::names::at_most(status.message(), contact::MAX_QUOTED_CHARS);
+    format!("{:?}: {}", status.code(), crate::names::shown(&message))
 }

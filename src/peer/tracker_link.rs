@@ -28,9 +28,13 @@ pub enum TrackerLinkError {
     /// The peer is not registered (yet, or any more).
     #[error("not registered with the tracker (yet); retrying in the background")]
     NotRegistered,
-    /// The tracker answered with an error.
-    #[error("tracker: {}", .0.message())]
+    /// The tracker answered with an error (its message is escaped when shown: it is the
+    /// tracker's text).
+    #[error("tracker: {}", crate::names::shown(&crate::names::at_most(.0.message(), 500)))]
     Rejected(Status),
+    /// The tracker's answer did not make sense (see `Session::checked`).
+    #[error("the tracker's answer is malformed: {0}")]
+    Malformed(String),
 }
 
 impl TrackerLinkError {
@@ -52,6 +56,45 @@ pub(crate) struct Session {
     pub heartbeat_interval: Duration,
     /// Address the tracker gives others for us.
     pub advertised_address: String,
+}
+
+/// Longest session token taken from a tracker (ours are 32 hex digits; it is sent back on every
+/// call, so a tracker cannot make a peer carry megabytes).
+const MAX_TOKEN_BYTES: usize = 256;
+/// Longest heartbeat interval taken from a tracker (the tracker's own bound): beating more often
+/// than asked is harmless, never beating is not.
+const MAX_HEARTBEAT_INTERVAL_SECS: u32 = 3600;
+
+/// The heartbeat interval a tracker asked for, within 1 s ..= [`MAX_HEARTBEAT_INTERVAL_SECS`].
+fn heartbeat_interval(secs: u32) -> Duration {
+    Duration::from_secs(secs.clamp(1, MAX_HEARTBEAT_INTERVAL_SECS).into())
+}
+
+impl Session {
+    /// The session a `Register` answer gives, checked: a token of 1 to [`MAX_TOKEN_BYTES`] bytes,
+    /// a dialable advertised address (it is shown, and told to the holders this peer downloads
+    /// from), and an interval within bounds.
+    fn checked(answer: pb::RegisterResponse) -> Result<Session, TrackerLinkError> {
+        let malformed = |what: String| Err(TrackerLinkError::Malformed(what));
+        if answer.session_token.is_empty() || answer.session_token.len() > MAX_TOKEN_BYTES {
+            return malformed(format!(
+                "a session token of {} bytes",
+                answer.session_token.len()
+            ));
+        }
+        let Some(advertised_address) = crate::names::peer_address(&answer.advertised_address)
+        else {
+            return malformed(format!(
+                "advertised address {:?} is not host:port",
+                crate::names::at_most(&answer.advertised_address, 64)
+            ));
+        };
+        Ok(Session {
+            token: answer.session_token,
+            heartbeat_interval: heartbeat_interval(answer.heartbeat_interval_secs),
+            advertised_address,
+        })
+    }
 }
 
 /// The link to the tracker.
@@ -159,11 +202,7 @@ impl TrackerLink {
         let response = self
             .call("Register", |mut c| async move { c.register(request).await })
             .await?;
-        let session = Session {
-            token: response.session_token,
-            heartbeat_interval: Duration::from_secs(response.heartbeat_interval_secs.max(1) as u64),
-            advertised_address: response.advertised_address,
-        };
+        let session = Session::checked(response)?;
         self.set_session(Some(session.clone()));
         Ok(session)
     }
@@ -183,8 +222,7 @@ impl TrackerLink {
         {
             Ok(response) => {
                 if let Some(mut s) = self.session() {
-                    s.heartbeat_interval =
-                        Duration::from_secs(response.heartbeat_interval_secs.max(1) as u64);
+                    s.heartbeat_interval = heartbeat_interval(response.heartbeat_interval_secs);
                     self.set_session(Some(s));
                 }
                 Ok(())

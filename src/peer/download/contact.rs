@@ -8,9 +8,11 @@
 //! abandoned.
 
 use super::known::{KnownHolders, Outcome};
+use super::version::{parse_exchanged, HolderAddr};
 use super::{describe, DownloadError};
 use crate::chunking::{Bitfield, ContentId, Geometry, Manifest};
 use crate::grpc::{ClientChannel, ClientSecurity};
+use crate::names;
 use crate::pb::peer as pb;
 use crate::pb::peer::peer_client::PeerClient;
 use crate::peer::server::{PEER_ADDRESS_HEADER, PEER_ID_HEADER};
@@ -28,6 +30,9 @@ pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_millis(1500);
 pub(crate) const MANIFEST_PARALLEL: usize = 16;
 /// Most problems quoted in a "no manifest" error.
 const MAX_PROBLEMS_QUOTED: usize = 8;
+/// Longest error message of a holder quoted in a log or an error (a status message can be
+/// kilobytes long).
+pub(crate) const MAX_QUOTED_CHARS: usize = 200;
 
 /// Who this peer is, as told to holders (see `proto/peer.proto`).
 #[derive(Clone, Debug, Default)]
@@ -113,38 +118,56 @@ impl Link {
             file: Self::selector(manifest.content_id()),
         });
         match control(self.client.clone().get_pieces(request)).await {
-            Ok(answer) => {
-                if answer.piece_count != pieces {
-                    return Err((
-                        Outcome::Corrupt,
-                        format!(
-                            "said the file has {} pieces, not {pieces}",
-                            answer.piece_count
-                        ),
-                    ));
-                }
-                Bitfield::from_bytes(&answer.bitfield, pieces)
-                    .map_err(|e| (Outcome::Corrupt, e.to_string()))
-            }
+            Ok(answer) => check_pieces(manifest.content_id(), pieces, &answer)
+                .map_err(|why| (Outcome::Corrupt, why)),
             Err((_, why)) if why.starts_with("Unimplemented") => Ok(Bitfield::full(pieces)),
             Err(e) => Err(e),
         }
     }
 
-    /// Peer exchange: the holders of `content_id` this holder knows (unchecked: the caller
-    /// validates each).
+    /// Peer exchange: the holders of `content_id` this holder knows, checked (see
+    /// [`parse_exchanged`]).
     pub(crate) async fn holders(
         &self,
         content_id: ContentId,
         me: &Identity,
-    ) -> Result<Vec<pb::KnownHolder>, (Outcome, String)> {
+    ) -> Result<Vec<HolderAddr>, (Outcome, String)> {
         let request = me.request(pb::GetHoldersRequest {
             content_id: content_id.to_hex(),
         });
-        Ok(control(self.client.clone().get_holders(request))
-            .await?
-            .holders)
+        let answer = control(self.client.clone().get_holders(request)).await?;
+        Ok(parse_exchanged(&self.peer_id, &answer.holders))
     }
+}
+
+/// A holder's `GetPieces` answer, accepted only if it is about `content_id`, gives the file's
+/// `pieces`, and its bitfield has exactly that many bits and agrees with its `complete` flag.
+pub(crate) fn check_pieces(
+    content_id: ContentId,
+    pieces: u64,
+    answer: &pb::GetPiecesResponse,
+) -> Result<Bitfield, String> {
+    if answer.content_id != content_id.to_hex() {
+        return Err(format!(
+            "answered about another file ({:?})",
+            names::shown(&names::at_most(&answer.content_id, 64))
+        ));
+    }
+    if answer.piece_count != pieces {
+        return Err(format!(
+            "said the file has {} pieces, not {pieces}",
+            answer.piece_count
+        ));
+    }
+    let have = Bitfield::from_bytes(&answer.bitfield, pieces).map_err(|e| e.to_string())?;
+    if have.is_full() != answer.complete {
+        return Err(format!(
+            "said complete={} with {} of {pieces} pieces",
+            answer.complete,
+            have.count()
+        ));
+    }
+    Ok(have)
 }
 
 /// A control call with its deadline; a failure says how the holder should be treated.
@@ -260,6 +283,86 @@ pub(crate) async fn find_manifest(
                 } else {
                     failures += 1;
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn answer(
+        content_id: &str,
+        pieces: u64,
+        bitfield: &[u8],
+        complete: bool,
+    ) -> pb::GetPiecesResponse {
+        pb::GetPiecesResponse {
+            content_id: content_id.into(),
+            piece_count: pieces,
+            bitfield: bytes::Bytes::copy_from_slice(bitfield),
+            complete,
+        }
+    }
+
+    #[test]
+    fn piece_answers_must_match_what_was_asked() {
+        let id = ContentId::of(b"x");
+        let hex = id.to_hex();
+        let have = check_pieces(
+            id,
+            10,
+            &answer(&hex, 10, &[0b1010_0000, 0b0100_0000], false),
+        );
+        assert_eq!(have.unwrap().iter().collect::<Vec<_>>(), vec![0, 2, 9]);
+        assert!(check_pieces(id, 10, &answer(&hex, 10, &[0xff, 0xc0], true)).is_ok());
+        for (bad, why) in [
+            (answer("\u{1b}[2J", 10, &[0, 0], false), "another file"),
+            (
+                answer(&ContentId::of(b"y").to_hex(), 10, &[0, 0], false),
+                "another file",
+            ),
+            (answer(&hex, 11, &[0, 0], false), "11 pieces"),
+            (answer(&hex, 10, &[0], false), "bytes"),
+            (answer(&hex, 10, &[0, 0x20], false), "past piece"),
+            (answer(&hex, 10, &[0xff, 0xc0], false), "complete=false"),
+            (answer(&hex, 10, &[0xff, 0x80], true), "complete=true"),
+        ] {
+            let error = check_pieces(id, 10, &bad).unwrap_err();
+            assert!(error.contains(why), "{error}");
+            assert!(
+                !error.chars().any(crate::names::is_unsafe_to_show),
+                "{error:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any decoded `GetPieces` answer: no panic; accepted only as a bitfield of exactly the
+        /// file's pieces that agrees with its `complete` flag; a refusal is one printable line.
+        #[test]
+        fn any_piece_answer_is_checked(
+            pieces in prop_oneof![0u64..40, Just(u64::MAX), any::<u64>()],
+            claimed in prop_oneof![0u64..40, any::<u64>()],
+            bitfield in prop::collection::vec(any::<u8>(), 0..8),
+            complete in any::<bool>(),
+            same_id in any::<bool>(),
+            other_id in any::<String>(),
+        ) {
+            let id = ContentId::of(b"x");
+            let content_id = if same_id { id.to_hex() } else { other_id };
+            let claimed = if claimed < 40 { pieces } else { claimed };
+            match check_pieces(id, pieces, &answer(&content_id, claimed, &bitfield, complete)) {
+                Ok(have) => {
+                    prop_assert_eq!(have.len(), pieces);
+                    prop_assert_eq!(have.as_bytes(), &bitfield[..]);
+                    prop_assert_eq!(have.is_full(), complete);
+                }
+                Err(why) => prop_assert!(!why.chars().any(crate::names::is_unsafe_to_show)),
             }
         }
     }

@@ -1,10 +1,17 @@
 //! What each shell command does against the [`PeerNode`]: ask the store or the tracker, start a
 //! download, run `bench`/`stress`, and hand the results to [`super::render`]. A command that
 //! fails prints one `error: ...` line and reports [`Outcome::Failed`].
+//!
+//! Whatever a command prints passes through [`names::shown_lines`] on its way out: a character a
+//! terminal would obey (an escape sequence, a bidi override) is shown escaped, wherever it came
+//! from (a name, a holder's error message quoted in a failure). Error lines are escaped whole,
+//! newlines included, so each stays one line.
 
 use super::{render, Command};
 use crate::bench;
 use crate::console::{ProgressDisplay, ProgressMode};
+use crate::names;
+use crate::peer::download::version::parse_versions;
 use crate::peer::download::{Destination, DownloadRequest};
 use crate::peer::PeerNode;
 use crate::progress::Progress;
@@ -23,14 +30,30 @@ pub enum Outcome {
     Exit,
 }
 
-/// Prints `message` as the command's one error line.
+/// Prints `message` as the command's one error line (escaped: it may quote a tracker's or a
+/// holder's message).
 fn failed(out: &mut dyn Write, message: impl std::fmt::Display) -> std::io::Result<Outcome> {
-    writeln!(out, "error: {message}")?;
+    writeln!(out, "error: {}", names::shown(&message.to_string()))?;
     Ok(Outcome::Failed)
 }
 
-/// Runs one command, writing its output to `out`.
+/// Runs one command, writing its output to `out`, every character a terminal would obey
+/// escaped (see the module doc). The output is written when the command ends (the shell prints
+/// a command's output in one piece anyway).
 pub async fn execute(
+    node: &Arc<PeerNode>,
+    command: Command,
+    out: &mut dyn Write,
+    mode: ProgressMode,
+) -> std::io::Result<Outcome> {
+    let mut raw = Vec::new();
+    let outcome = run(node, command, &mut raw, mode).await;
+    out.write_all(names::shown_lines(&String::from_utf8_lossy(&raw)).as_bytes())?;
+    outcome
+}
+
+/// Runs one command, writing its output to `out` as it is.
+async fn run(
     node: &Arc<PeerNode>,
     command: Command,
     out: &mut dyn Write,
@@ -50,7 +73,21 @@ pub async fn execute(
                 .who_has(&request.name, &request.content_id_prefix)
                 .await
             {
-                Ok(versions) => render::who_has(out, &versions, json)?,
+                Ok(versions) => {
+                    let answered = versions.len();
+                    let (offers, skipped) = parse_versions(&request.name, versions);
+                    if offers.is_empty() && answered > 0 {
+                        return failed(
+                            out,
+                            format_args!(
+                                "the tracker's answer about {:?} had no valid version \
+                                 ({skipped} malformed entries skipped)",
+                                request.name
+                            ),
+                        );
+                    }
+                    render::who_has(out, &request.name, &offers, json)?
+                }
                 Err(e) if e.code() == Some(tonic::Code::NotFound) => {
                     return failed(out, format_args!("no peer has {:?}", request.name));
                 }

@@ -53,7 +53,12 @@ impl rustyline::completion::Completer for Completion {
         if let Ok(Ok(files)) = swarm {
             names.extend(files.into_iter().map(|f| f.name));
         }
-        names.retain(|n| n.starts_with(word) && !n.contains(char::is_whitespace));
+        // The swarm's names come from the tracker: only valid ones are offered (and printed).
+        names.retain(|n| {
+            n.starts_with(word)
+                && !n.contains(char::is_whitespace)
+                && crate::names::validate_file_name(n).is_ok()
+        });
         names.sort();
         names.dedup();
         Ok((start, names))

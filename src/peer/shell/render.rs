@@ -1,14 +1,23 @@
 //! What the shell prints: aligned tables and human-readable lines for people, one JSON line per
 //! `--json` command for scripts.
 //!
+//! Everything shown from the tracker is checked first (`answers`, and
+//! `download::version::parse_versions` for `whohas`): an entry that does not parse is left
+//! out with one warning. Text that quotes other processes (the reasons a holder was dropped) is
+//! escaped with [`crate::names::shown`].
+//!
 //! The JSON shapes are typed structs, not ad-hoc `json!` literals, so a field cannot go missing
 //! or change type silently. Their fields are declared in alphabetical order on purpose: the
 //! output used to come from `serde_json::Value` objects (sorted maps), and scripts may compare the
 //! text, so the order is part of the format. The tests below pin the exact text.
 
+mod answers;
+
 use super::HELP;
 use crate::human;
-use crate::pb::tracker::{FileSummary, FileVersion, PeerSummary};
+use crate::names;
+use crate::pb::tracker::{FileSummary, PeerSummary};
+use crate::peer::download::version::Offer;
 use crate::peer::download::DownloadReport;
 use crate::peer::store::SharedFile;
 use serde::Serialize;
@@ -23,6 +32,10 @@ struct MyFileJson<'a> {
     size: u64,
 }
 
+/// Longest reason a holder was dropped shown in `get`'s line (it may quote the holder's own
+/// error message).
+const MAX_REASON_CHARS: usize = 300;
+
 /// One holder inside a `whohas --json` version.
 #[derive(Serialize)]
 struct HolderJson<'a> {
@@ -35,7 +48,7 @@ struct HolderJson<'a> {
 /// One version of `whohas --json`.
 #[derive(Serialize)]
 struct VersionJson<'a> {
-    content_id: &'a str,
+    content_id: String,
     holders: Vec<HolderJson<'a>>,
     name: &'a str,
     size: u64,
@@ -44,7 +57,7 @@ struct VersionJson<'a> {
 /// One entry of `peers --json`.
 #[derive(Serialize)]
 struct PeerJson<'a> {
-    address: &'a str,
+    address: String,
     file_count: u32,
     peer_id: &'a str,
     total_bytes: u64,
@@ -53,7 +66,7 @@ struct PeerJson<'a> {
 /// One entry of `files --json`.
 #[derive(Serialize)]
 struct SwarmFileJson<'a> {
-    content_id: &'a str,
+    content_id: String,
     holder_count: u32,
     name: &'a str,
     /// Of `holder_count`, the holders still downloading it.
@@ -65,12 +78,6 @@ struct SwarmFileJson<'a> {
 fn json_line(out: &mut dyn Write, value: &impl Serialize) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     writeln!(out)
-}
-
-/// The first 12 characters of a hex content id from the tracker (all of it if shorter: the
-/// tracker is another process, and a short id must not panic the shell).
-fn short_id(content_id: &str) -> &str {
-    content_id.get(..12).unwrap_or(content_id)
 }
 
 /// Prints rows as an aligned table (first column left-aligned, the second right-aligned, the
@@ -149,17 +156,19 @@ pub(super) fn my_files(
     table(out, &["NAME", "SIZE", "ID"], &rows)
 }
 
-/// `whohas`: each version of a file and its holders.
+/// `whohas`: each version of the file `name` and its holders, as checked from the tracker's
+/// answer.
 pub(super) fn who_has(
     out: &mut dyn Write,
-    versions: &[FileVersion],
+    name: &str,
+    versions: &[Offer],
     json: bool,
 ) -> std::io::Result<()> {
     if json {
         let list: Vec<VersionJson> = versions
             .iter()
             .map(|v| VersionJson {
-                content_id: &v.content_id,
+                content_id: v.content_id.to_hex(),
                 holders: v
                     .holders
                     .iter()
@@ -169,7 +178,7 @@ pub(super) fn who_has(
                         peer_id: &h.peer_id,
                     })
                     .collect(),
-                name: &v.name,
+                name,
                 size: v.size,
             })
             .collect();
@@ -191,9 +200,9 @@ pub(super) fn who_has(
                 )
                 .collect();
             vec![
-                v.name.clone(),
+                name.to_string(),
                 human::bytes(v.size),
-                short_id(&v.content_id).to_string(),
+                v.content_id.short(),
                 v.holders.len().to_string(),
                 holders.join(", "),
             ]
@@ -202,15 +211,16 @@ pub(super) fn who_has(
     table(out, &["NAME", "SIZE", "ID", "HOLDERS", "WHO"], &rows)
 }
 
-/// `peers`: the peers in the swarm.
+/// `peers`: the peers in the swarm (the entries of the tracker's answer that parse).
 pub(super) fn peers(out: &mut dyn Write, peers: &[PeerSummary], json: bool) -> std::io::Result<()> {
+    let peers = answers::peers(peers);
     if json {
         let list: Vec<PeerJson> = peers
             .iter()
             .map(|p| PeerJson {
-                address: &p.address,
+                address: p.address.clone(),
                 file_count: p.file_count,
-                peer_id: &p.peer_id,
+                peer_id: p.peer_id,
                 total_bytes: p.total_bytes,
             })
             .collect();
@@ -220,7 +230,7 @@ pub(super) fn peers(out: &mut dyn Write, peers: &[PeerSummary], json: bool) -> s
         .iter()
         .map(|p| {
             vec![
-                p.peer_id.clone(),
+                p.peer_id.to_string(),
                 human::bytes(p.total_bytes),
                 p.file_count.to_string(),
                 p.address.clone(),
@@ -230,19 +240,21 @@ pub(super) fn peers(out: &mut dyn Write, peers: &[PeerSummary], json: bool) -> s
     table(out, &["PEER", "SHARED", "FILES", "ADDRESS"], &rows)
 }
 
-/// `files`: every file the swarm offers, with holder counts.
+/// `files`: every file the swarm offers, with holder counts (the entries of the tracker's answer
+/// that parse).
 pub(super) fn swarm_files(
     out: &mut dyn Write,
     files: &[FileSummary],
     json: bool,
 ) -> std::io::Result<()> {
+    let files = answers::files(files);
     if json {
         let list: Vec<SwarmFileJson> = files
             .iter()
             .map(|f| SwarmFileJson {
-                content_id: &f.content_id,
+                content_id: f.content_id.to_hex(),
                 holder_count: f.holder_count,
-                name: &f.name,
+                name: f.name,
                 partial_holder_count: f.partial_holder_count,
                 size: f.size,
             })
@@ -256,9 +268,9 @@ pub(super) fn swarm_files(
         .iter()
         .map(|f| {
             vec![
-                f.name.clone(),
+                f.name.to_string(),
                 human::bytes(f.size),
-                short_id(&f.content_id).to_string(),
+                f.content_id.short(),
                 f.holder_count.to_string(),
             ]
         })
@@ -269,7 +281,7 @@ pub(super) fn swarm_files(
 /// `get`: what a finished download did (or that there was nothing to do).
 pub(super) fn download(out: &mut dyn Write, report: &DownloadReport) -> std::io::Result<()> {
     if let Some(note) = &report.note {
-        writeln!(out, "note: {note}")?;
+        writeln!(out, "note: {}", names::shown(note))?;
     }
     if report.already_had {
         return writeln!(
@@ -292,7 +304,12 @@ pub(super) fn download(out: &mut dyn Write, report: &DownloadReport) -> std::io:
         .iter()
         .map(|h| match &h.dropped {
             None => format!("{} {}", h.peer_id, human::bytes(h.bytes)),
-            Some(why) => format!("{} {} (dropped: {why})", h.peer_id, human::bytes(h.bytes)),
+            Some(why) => format!(
+                "{} {} (dropped: {})",
+                h.peer_id,
+                human::bytes(h.bytes),
+                names::shown(&names::at_most(why, MAX_REASON_CHARS))
+            ),
         })
         .collect();
     writeln!(
@@ -312,7 +329,8 @@ pub(super) fn download(out: &mut dyn Write, report: &DownloadReport) -> std::io:
 mod tests {
     use super::*;
     use crate::chunking::Manifest;
-    use crate::pb::tracker::Holder;
+    use crate::pb::tracker::{FileVersion, Holder};
+    use crate::peer::download::version::parse_versions;
     use std::sync::Arc;
 
     fn text(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> String {
@@ -392,7 +410,8 @@ mod tests {
                 holders: vec![],
             },
         ];
-        let out = text(|out| who_has(out, &versions, true));
+        let offers = parse_versions("v.mp4", versions).0;
+        let out = text(|out| who_has(out, "v.mp4", &offers, true));
         let ab = "ab".repeat(32);
         let cd = "cd".repeat(32);
         assert_eq!(
@@ -445,7 +464,7 @@ mod tests {
         let files = vec![FileSummary {
             name: "a".into(),
             size: 1536,
-            content_id: "0123456789abcdef".into(),
+            content_id: format!("0123456789ab{}", "c".repeat(52)),
             holder_count: 1,
             partial_holder_count: 0,
         }];
@@ -476,7 +495,7 @@ mod tests {
             ],
         }];
         assert_eq!(
-            text(|out| who_has(out, &versions, false)),
+            text(|out| who_has(out, "v", &parse_versions("v", versions).0, false)),
             "NAME     SIZE  ID            HOLDERS  WHO\n\
              v     2.0 KiB  abababababab  2        B (10.0.0.2:1), A (10.0.0.1:1, partial)\n"
         );

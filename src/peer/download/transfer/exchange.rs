@@ -45,7 +45,8 @@ impl Transfer {
         let content_id = self.manifest.content_id();
         async move {
             match ctx.tracker.who_has(name, content_hex).await {
-                Ok(versions) => parse_versions(versions)
+                Ok(versions) => parse_versions(name, versions)
+                    .0
                     .into_iter()
                     .filter(|v| v.content_id == content_id)
                     .flat_map(|v| v.holders)
@@ -91,11 +92,8 @@ impl Transfer {
             let content_id = self.manifest.content_id();
             exchanges.spawn(async move {
                 match link.holders(content_id, &me).await {
-                    Ok(holders) => holders
-                        .iter()
-                        .take(crate::peer::book::MAX_EXCHANGED)
-                        .filter_map(|h| HolderAddr::parse(&h.peer_id, &h.address, h.partial))
-                        .collect(),
+                    // Checked and bounded by `Link::holders`.
+                    Ok(holders) => holders,
                     Err((_, why)) => {
                         tracing::debug!(holder = %link.peer_id, "peer exchange failed: {why}");
                         Vec::new()
