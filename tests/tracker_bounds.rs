@@ -1,0 +1,716 @@
+//! The tracker's bounds (issue 12, item 4), provoked for real against a tracker in this process
+//! or a real `tracker` process: paginated listings, caps on peers per address, files per peer
+//! and the whole catalog, catalogs registered in batches, and the tracker's memory under load.
+
+mod common;
+
+use common::TestPeer;
+use p2pshare::chunking::ContentId;
+use p2pshare::console::ProgressMode;
+use p2pshare::pb::tracker as tpb;
+use p2pshare::pb::tracker::tracker_client::TrackerClient;
+use p2pshare::tracker::{TrackerConfig, TrackerLimits};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+/// A tracker in this process with the caps `limits`, stopped when dropped.
+struct InProcessTracker {
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl InProcessTracker {
+    async fn start(limits: TrackerLimits) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(p2pshare::tracker::serve_with_limits(
+            listener,
+            TrackerConfig {
+                heartbeat_interval: Duration::from_secs(600),
+            },
+            limits,
+            p2pshare::grpc::ServerSecurity::default(),
+            async move { token.cancelled().await },
+        ));
+        InProcessTracker { addr, stop }
+    }
+
+    /// A client connecting from `127.1.0.0 + n`.
+    fn client(&self, n: u32) -> TrackerClient<Channel> {
+        client_from(self.addr, loopback(n))
+    }
+}
+
+impl Drop for InProcessTracker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A real `tracker` process on a loopback port, killed when dropped.
+struct TrackerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl TrackerProcess {
+    /// Starts `tracker --bind 127.0.0.1 --port 0 <args>` and waits (bounded) for its address.
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracker"))
+            .args(["--bind", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tracker");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("tracker listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("tracker printed its address");
+        TrackerProcess { child, addr }
+    }
+
+    /// The process's peak RSS in bytes (`VmHWM`).
+    fn peak_rss(&self) -> u64 {
+        self.status_kib("VmHWM:") * 1024
+    }
+
+    /// The process's RSS now, in bytes (`VmRSS`).
+    fn rss(&self) -> u64 {
+        self.status_kib("VmRSS:") * 1024
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.trim_start_matches(field)
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for TrackerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client of the tracker at `addr` whose connection comes from `from` (any 127.0.0.0/8
+/// address works on Linux), so one test can be many peers' addresses.
+fn client_from(addr: SocketAddr, from: IpAddr) -> TrackerClient<Channel> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .local_address(Some(from))
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    TrackerClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// The `n`th loopback address past 127.1.0.0.
+fn loopback(n: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 0)) + n))
+}
+
+/// A file entry whose content id is derived from its name (the tracker never checks content).
+fn entry(name: String) -> tpb::FileEntry {
+    tpb::FileEntry {
+        content_id: ContentId::of(name.as_bytes()).to_hex(),
+        size: 1 << 20,
+        name,
+        ..Default::default()
+    }
+}
+
+/// Registers `peers` synthetic peers with `files` files each (peer `p` holds names
+/// `f{(p + k * stride) % peers}`, so every name has `files` holders), `per_ip` peers per source
+/// address, 16 registrations in flight. Returns how many registrations were refused.
+async fn register_synthetic(addr: SocketAddr, peers: u32, files: u32, per_ip: u32) -> u32 {
+    let lanes = 16;
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..lanes {
+        tasks.spawn(async move {
+            let mut refused = 0;
+            let mut client = None;
+            let mut client_ip = None;
+            let mut p = lane;
+            while p < peers {
+                let ip = loopback(p / per_ip);
+                if client_ip != Some(ip) {
+                    client = Some(client_from(addr, ip));
+                    client_ip = Some(ip);
+                }
+                let stride = (peers / files.max(1)).max(1);
+                let request = tpb::RegisterRequest {
+                    peer_id: format!("p{p:07}"),
+                    port: 1024 + p % 60_000,
+                    files: (0..files)
+                        .map(|k| entry(format!("f{:07}.bin", (p + k * stride) % peers)))
+                        .collect(),
+                    ..Default::default()
+                };
+                let call = client.as_mut().unwrap().register(request);
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(20), call).await,
+                    Ok(Ok(_))
+                ) {
+                    refused += 1;
+                }
+                p += lanes;
+            }
+            refused
+        });
+    }
+    let mut refused = 0;
+    while let Some(joined) = tasks.join_next().await {
+        refused += joined.unwrap();
+    }
+    refused
+}
+
+fn register(peer_id: &str, files: Vec<tpb::FileEntry>) -> tpb::RegisterRequest {
+    tpb::RegisterRequest {
+        peer_id: peer_id.into(),
+        port: 7000,
+        files,
+        ..Default::default()
+    }
+}
+
+/// Every page of `ListFiles` (asking `page_size`): the versions in order, and how many pages.
+async fn all_files(
+    client: &mut TrackerClient<Channel>,
+    page_size: u32,
+) -> (Vec<tpb::FileSummary>, usize) {
+    let (mut all, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = client
+            .list_files(tpb::ListFilesRequest {
+                page_size,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        let most = match page_size {
+            0 => 1000,
+            n => n.min(5000),
+        };
+        assert!(page.files.len() <= most as usize, "{}", page.files.len());
+        all.extend(page.files);
+        if page.next_page_token.is_empty() {
+            return (all, pages);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Every page of `ListPeers`.
+async fn all_peers(client: &mut TrackerClient<Channel>, page_size: u32) -> Vec<tpb::PeerSummary> {
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = client
+            .list_peers(tpb::ListPeersRequest {
+                page_size,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.peers);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// What the shell prints for `line` on `node`, which must succeed.
+async fn shell(node: &TestPeer, line: &str) -> String {
+    let mut out = Vec::new();
+    let command = p2pshare::peer::shell::parse(line).unwrap();
+    let outcome = p2pshare::peer::shell::execute(&node.node, command, &mut out, ProgressMode::Off)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome, p2pshare::peer::shell::Outcome::Ok, "{text}");
+    text
+}
+
+/// 100,000 versions (10 peers x 10,000 files) and 3,000 peers: every page holds at most what it
+/// may, and the pages together list every entry exactly once, in order; an old client (no page
+/// fields) gets the first page; the shell's `files` and `peers` page through all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_page_through_100000_entries_each_exactly_once() {
+    let tracker = InProcessTracker::start(TrackerLimits::default()).await;
+    let mut client = tracker.client(0);
+    let mut expected = BTreeSet::new();
+    for p in 0..10 {
+        let files: Vec<tpb::FileEntry> = (0..10_000)
+            .map(|k| entry(format!("p{p}-f{k:05}.bin")))
+            .collect();
+        for f in &files {
+            expected.insert((f.name.clone(), f.content_id.clone(), f.size));
+        }
+        client
+            .register(register(&format!("files{p}"), files))
+            .await
+            .unwrap();
+    }
+    for p in 0..2990 {
+        // 256 peers per address at most: 100 from each of 30 addresses.
+        tracker
+            .client(1 + p / 100)
+            .register(register(&format!("empty{p:04}"), vec![]))
+            .await
+            .unwrap();
+    }
+
+    for page_size in [0, 4999, 7777] {
+        let (listed, pages) = all_files(&mut client, page_size).await;
+        let keys: Vec<_> = listed
+            .iter()
+            .map(|f| (f.name.clone(), f.content_id.clone(), f.size))
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+        assert_eq!(keys.len(), 100_000);
+        assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), expected);
+        let per_page = match page_size {
+            0 => 1000,
+            n => n.min(5000),
+        };
+        assert_eq!(
+            pages,
+            100_000usize.div_ceil(per_page as usize),
+            "page size {page_size}"
+        );
+    }
+    let old_client = client
+        .list_files(tpb::ListFilesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old_client.files.len(), 1000);
+    assert!(!old_client.next_page_token.is_empty());
+
+    let peers = all_peers(&mut client, 0).await;
+    assert_eq!(peers.len(), 3000);
+    assert!(peers.windows(2).all(|w| w[0].peer_id < w[1].peer_id));
+
+    // The shell lists everything, in the same format as before.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    let peer = TestPeer::start_in("shell", tracker.addr, dir.path().to_path_buf(), |_| {}).await;
+    let files: serde_json::Value =
+        serde_json::from_str(&shell(&peer, "files --json").await).unwrap();
+    assert_eq!(files.as_array().unwrap().len(), 100_000);
+    let peers: serde_json::Value =
+        serde_json::from_str(&shell(&peer, "peers --json").await).unwrap();
+    assert_eq!(peers.as_array().unwrap().len(), 3001);
+    let table = shell(&peer, "files").await;
+    assert_eq!(
+        table.lines().count(),
+        100_001,
+        "a header and one line per version"
+    );
+    assert!(table.lines().nth(1).unwrap().starts_with("p0-f00000.bin"));
+    peer.node.shutdown().await;
+}
+
+/// A token the tracker did not give is INVALID_ARGUMENT, for both listings; a valid token of a
+/// key that is gone still works.
+#[tokio::test]
+async fn malformed_page_tokens_are_invalid_arguments() {
+    let tracker = InProcessTracker::start(TrackerLimits::default()).await;
+    let mut client = tracker.client(0);
+    client
+        .register(register("a", vec![entry("f".into()), entry("g".into())]))
+        .await
+        .unwrap();
+    let cid = ContentId::of(b"x").to_hex();
+    let bad_tokens = [
+        "not a token".to_string(),
+        "zz".into(),
+        format!("{}.{cid}.1", hex_of("../etc/passwd")),
+        format!("{}.{cid}.-1", hex_of("f")),
+        format!("{}.{cid}", hex_of("f")),
+        "ab".repeat(100_000),
+        "\u{1b}[2J".into(),
+    ];
+    for token in &bad_tokens {
+        let files = client
+            .list_files(tpb::ListFilesRequest {
+                page_size: 1,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(files.code(), Code::InvalidArgument, "{token:?}: {files:?}");
+        let peers = client
+            .list_peers(tpb::ListPeersRequest {
+                page_size: 1,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(peers.code(), Code::InvalidArgument, "{token:?}: {peers:?}");
+    }
+    // A position, not a handle: the token after "f" still leads to "g" once "f" is gone.
+    let first = client
+        .list_files(tpb::ListFilesRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.files[0].name, "f");
+    client
+        .register(register("a", vec![entry("g".into())]))
+        .await
+        .unwrap();
+    let rest = client
+        .list_files(tpb::ListFilesRequest {
+            page_size: 1,
+            page_token: first.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.files[0].name, "g");
+    assert!(rest.next_page_token.is_empty());
+}
+
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Each cap of a real `tracker` process, set with its option, answers RESOURCE_EXHAUSTED naming
+/// the option, and what was registered before stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cap_is_an_option_and_answers_resource_exhausted() {
+    let tracker = TrackerProcess::start(&[
+        "--max-peers",
+        "5",
+        "--max-peers-per-ip",
+        "2",
+        "--max-files-per-peer",
+        "10",
+        "--max-files-per-ip",
+        "15",
+        "--max-catalog-files",
+        "25",
+    ]);
+    let files = |from: usize, count: usize| -> Vec<tpb::FileEntry> {
+        (from..from + count)
+            .map(|k| entry(format!("f{k:03}")))
+            .collect()
+    };
+    let refused = |answer: Result<tonic::Response<tpb::RegisterResponse>, tonic::Status>,
+                   option: &str| {
+        let status = answer.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains(option), "{status:?}");
+    };
+    let mut home = client_from(tracker.addr, loopback(0));
+    refused(
+        home.register(register("a", files(0, 11))).await,
+        "--max-files-per-peer",
+    );
+    let a = home
+        .register(register("a", files(0, 10)))
+        .await
+        .unwrap()
+        .into_inner();
+    refused(
+        home.register(register("b", files(0, 6))).await,
+        "--max-files-per-ip",
+    );
+    home.register(register("b", files(0, 5))).await.unwrap();
+    refused(
+        home.register(register("c", vec![])).await,
+        "--max-peers-per-ip",
+    );
+    let announced = home
+        .announce_file(tpb::AnnounceFileRequest {
+            peer_id: "a".into(),
+            session_token: a.session_token.clone(),
+            file: Some(entry("new".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(announced.code(), Code::ResourceExhausted);
+    let mut elsewhere = client_from(tracker.addr, loopback(1));
+    elsewhere
+        .register(register("c", files(0, 10)))
+        .await
+        .unwrap();
+    refused(
+        elsewhere.register(register("d", files(0, 1))).await,
+        "--max-catalog-files",
+    );
+    elsewhere.register(register("d", vec![])).await.unwrap();
+    client_from(tracker.addr, loopback(2))
+        .register(register("e", vec![]))
+        .await
+        .unwrap();
+    refused(
+        client_from(tracker.addr, loopback(3))
+            .register(register("f", vec![]))
+            .await,
+        "--max-peers",
+    );
+    // Refusals changed nothing.
+    let peers = all_peers(&mut home, 0).await;
+    let counts: Vec<(String, u32)> = peers
+        .into_iter()
+        .map(|p| (p.peer_id, p.file_count))
+        .collect();
+    let expected = [("a", 10), ("b", 5), ("c", 10), ("d", 0), ("e", 0)];
+    assert_eq!(counts, expected.map(|(id, n)| (id.to_string(), n)));
+    // A request past 4 MiB is refused before it is read, as before.
+    let huge = register("big", fat_catalog(0, 20_000, 250));
+    let status = elsewhere.register(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("too large"), "{status:?}");
+}
+
+/// `Register` with `append` adds a batch for its session only.
+#[tokio::test]
+async fn appended_batches_need_the_session() {
+    let tracker = InProcessTracker::start(TrackerLimits::default()).await;
+    let mut client = tracker.client(0);
+    let first = client
+        .register(register("a", vec![entry("f".into())]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.catalog_batches);
+    let batch = |token: &str, peer: &str| tpb::RegisterRequest {
+        peer_id: peer.into(),
+        session_token: token.into(),
+        files: vec![entry("g".into())],
+        append: true,
+        ..Default::default()
+    };
+    let forged = client
+        .register(batch("0".repeat(32).as_str(), "a"))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::PermissionDenied);
+    let unknown = client
+        .register(batch(&first.session_token, "b"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let more = client
+        .register(batch(&first.session_token, "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(more.session_token, first.session_token);
+    assert_eq!(more.advertised_address, first.advertised_address);
+    let names: Vec<String> = all_files(&mut client, 0)
+        .await
+        .0
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(names, ["f", "g"]);
+}
+
+/// A peer whose catalog is far past one 4 MiB request (20,000 files of 200-byte names, about
+/// 5.5 MB) registers in batches at start and again after the tracker forgot it, and `WhoHas`
+/// sees every file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_past_one_request_registers_in_batches() {
+    const FILES: usize = 20_000;
+    let tracker = InProcessTracker::start(TrackerLimits::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let files_dir = dir.path().join("files");
+    std::fs::create_dir_all(&files_dir).unwrap();
+    let name = |k: usize| format!("{k:05}-{}", "n".repeat(194));
+    for k in 0..FILES {
+        std::fs::write(files_dir.join(name(k)), k.to_le_bytes()).unwrap();
+    }
+    let catalog: usize = (0..FILES)
+        .map(|k| {
+            let e = entry(name(k));
+            e.name.len() + e.content_id.len() + 8
+        })
+        .sum();
+    assert!(catalog > 5_000_000, "{catalog}");
+    let peer = TestPeer::start_in("big", tracker.addr, dir.path().to_path_buf(), |_| {}).await;
+    let mut client = tracker.client(0);
+    let listed = |peers: Vec<tpb::PeerSummary>| {
+        peers
+            .into_iter()
+            .find(|p| p.peer_id == "big")
+            .map(|p| p.file_count)
+    };
+    assert_eq!(listed(all_peers(&mut client, 0).await), Some(FILES as u32));
+    for k in (0..FILES).step_by(997).chain([FILES - 1]) {
+        let versions = client
+            .who_has(tpb::WhoHasRequest {
+                name: name(k),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .versions;
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].holders[0].peer_id, "big");
+        assert_eq!(versions[0].size, 8);
+    }
+    let (all, _) = all_files(&mut client, 5000).await;
+    assert_eq!(all.len(), FILES);
+    peer.node.shutdown().await;
+}
+
+/// Tracker RSS with 20,000 peers x 5 files (from 200 addresses) stays under 256 MiB. Prints
+/// the figures for the note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracker_rss_with_20000_peers_x_5_files_stays_under_256_mib() {
+    let tracker = TrackerProcess::start(&["--heartbeat-interval", "3600"]);
+    let idle = tracker.peak_rss();
+    let started = Instant::now();
+    let refused = register_synthetic(tracker.addr, 20_000, 5, 100).await;
+    let took = started.elapsed();
+    assert_eq!(refused, 0);
+    let peak = tracker.peak_rss();
+    println!(
+        "20000 peers x 5 files: registered in {:.1} s; tracker VmHWM idle {} MiB, loaded {} MiB",
+        took.as_secs_f64(),
+        idle >> 20,
+        peak >> 20
+    );
+    assert!(peak < 256 << 20, "tracker peak RSS {} MiB", peak >> 20);
+}
+
+/// `count` files with distinct names of `name_len` bytes, unique to `peer`.
+fn fat_catalog(peer: u32, count: u32, name_len: usize) -> Vec<tpb::FileEntry> {
+    (0..count)
+        .map(|k| entry(format!("{peer:05}-{k:07}-{}", "n".repeat(name_len - 14))))
+        .collect()
+}
+
+/// Every catalog entry the tracker lists (the holder counts of every version, all pages).
+async fn catalog_entries(client: &mut TrackerClient<Channel>) -> u64 {
+    let (mut entries, mut token) = (0, String::new());
+    loop {
+        let page = client
+            .list_files(tpb::ListFilesRequest {
+                page_size: 5000,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        entries += page
+            .files
+            .iter()
+            .map(|f| f.holder_count as u64)
+            .sum::<u64>();
+        if page.next_page_token.is_empty() {
+            return entries;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// A flood of the fattest registrations (the longest names, as many as fit in one request),
+/// many peers from many addresses, many at once: the tracker takes them up to its catalog cap,
+/// refuses the rest RESOURCE_EXHAUSTED, and its memory stays bounded. Prints the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_fat_registrations_stays_within_the_catalog_bound() {
+    const CAP: u64 = 500_000;
+    const FILES: u32 = 12_000;
+    let tracker = TrackerProcess::start(&[
+        "--heartbeat-interval",
+        "3600",
+        "--max-catalog-files",
+        &CAP.to_string(),
+    ]);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    // 64 peers from 16 addresses, 32 registrations in flight.
+    let lanes = 32;
+    for lane in 0..lanes {
+        let addr = tracker.addr;
+        tasks.spawn(async move {
+            let mut outcomes = Vec::new();
+            let mut p = lane;
+            while p < 64 {
+                let mut client = client_from(addr, loopback(p % 16));
+                let request = tpb::RegisterRequest {
+                    peer_id: format!("fat{p}"),
+                    port: 1000,
+                    files: fat_catalog(p, FILES, 250),
+                    ..Default::default()
+                };
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(60), client.register(request))
+                        .await
+                        .expect("an answer within 60 s");
+                outcomes.push(
+                    answer
+                        .map(|_| ())
+                        .map_err(|s| (s.code(), s.message().to_string())),
+                );
+                p += lanes;
+            }
+            outcomes
+        });
+    }
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    while let Some(joined) = tasks.join_next().await {
+        for outcome in joined.unwrap() {
+            match outcome {
+                Ok(()) => accepted += 1,
+                Err((code, message)) => {
+                    assert_eq!(code, tonic::Code::ResourceExhausted, "{message}");
+                    assert!(message.contains("catalog is full"), "{message}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    let took = started.elapsed();
+    let mut client = client_from(tracker.addr, loopback(999));
+    let entries = catalog_entries(&mut client).await;
+    assert_eq!(entries, accepted * FILES as u64);
+    assert!(entries <= CAP && entries + FILES as u64 > CAP, "{entries}");
+    assert!(refused > 0);
+    let (peak, now) = (tracker.peak_rss(), tracker.rss());
+    println!(
+        "flood: {accepted} accepted, {refused} refused in {:.1} s; {entries} entries; tracker VmHWM {} MiB, VmRSS {} MiB",
+        took.as_secs_f64(),
+        peak >> 20,
+        now >> 20
+    );
+}
