@@ -3,147 +3,21 @@
 //! and the whole catalog, catalogs registered in batches, and the tracker's memory under load.
 
 mod common;
+#[path = "tracker_bounds/support.rs"]
+mod support;
 
 use common::TestPeer;
 use p2pshare::chunking::ContentId;
-use p2pshare::console::ProgressMode;
 use p2pshare::pb::tracker as tpb;
-use p2pshare::pb::tracker::tracker_client::TrackerClient;
-use p2pshare::tracker::{TrackerConfig, TrackerLimits};
+use p2pshare::tracker::TrackerLimits;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use support::{
+    all_files, all_peers, catalog_entries, client_from, entry, fat_catalog, loopback, register,
+    shell, InProcessTracker, TrackerProcess,
+};
 use tonic::Code;
-
-/// A tracker in this process with the caps `limits`, stopped when dropped.
-struct InProcessTracker {
-    addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-impl InProcessTracker {
-    async fn start(limits: TrackerLimits) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        tokio::spawn(p2pshare::tracker::serve_with_limits(
-            listener,
-            TrackerConfig {
-                heartbeat_interval: Duration::from_secs(600),
-            },
-            limits,
-            p2pshare::grpc::ServerSecurity::default(),
-            async move { token.cancelled().await },
-        ));
-        InProcessTracker { addr, stop }
-    }
-
-    /// A client connecting from `127.1.0.0 + n`.
-    fn client(&self, n: u32) -> TrackerClient<Channel> {
-        client_from(self.addr, loopback(n))
-    }
-}
-
-impl Drop for InProcessTracker {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// A real `tracker` process on a loopback port, killed when dropped.
-struct TrackerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl TrackerProcess {
-    /// Starts `tracker --bind 127.0.0.1 --port 0 <args>` and waits (bounded) for its address.
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tracker"))
-            .args(["--bind", "127.0.0.1", "--port", "0"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tracker");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("tracker listening on ") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("tracker printed its address");
-        TrackerProcess { child, addr }
-    }
-
-    /// The process's peak RSS in bytes (`VmHWM`).
-    fn peak_rss(&self) -> u64 {
-        self.status_kib("VmHWM:") * 1024
-    }
-
-    /// The process's RSS now, in bytes (`VmRSS`).
-    fn rss(&self) -> u64 {
-        self.status_kib("VmRSS:") * 1024
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-        line.trim_start_matches(field)
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for TrackerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A client of the tracker at `addr` whose connection comes from `from` (any 127.0.0.0/8
-/// address works on Linux), so one test can be many peers' addresses.
-fn client_from(addr: SocketAddr, from: IpAddr) -> TrackerClient<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .local_address(Some(from))
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
-    TrackerClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
-}
-
-/// The `n`th loopback address past 127.1.0.0.
-fn loopback(n: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 0)) + n))
-}
-
-/// A file entry whose content id is derived from its name (the tracker never checks content).
-fn entry(name: String) -> tpb::FileEntry {
-    tpb::FileEntry {
-        content_id: ContentId::of(name.as_bytes()).to_hex(),
-        size: 1 << 20,
-        name,
-        ..Default::default()
-    }
-}
 
 /// Registers `peers` synthetic peers with `files` files each (peer `p` holds names
 /// `f{(p + k * stride) % peers}`, so every name has `files` holders), `per_ip` peers per source
@@ -189,76 +63,6 @@ async fn register_synthetic(addr: SocketAddr, peers: u32, files: u32, per_ip: u3
         refused += joined.unwrap();
     }
     refused
-}
-
-fn register(peer_id: &str, files: Vec<tpb::FileEntry>) -> tpb::RegisterRequest {
-    tpb::RegisterRequest {
-        peer_id: peer_id.into(),
-        port: 7000,
-        files,
-        ..Default::default()
-    }
-}
-
-/// Every page of `ListFiles` (asking `page_size`): the versions in order, and how many pages.
-async fn all_files(
-    client: &mut TrackerClient<Channel>,
-    page_size: u32,
-) -> (Vec<tpb::FileSummary>, usize) {
-    let (mut all, mut token, mut pages) = (Vec::new(), String::new(), 0);
-    loop {
-        let page = client
-            .list_files(tpb::ListFilesRequest {
-                page_size,
-                page_token: token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        pages += 1;
-        let most = match page_size {
-            0 => 1000,
-            n => n.min(5000),
-        };
-        assert!(page.files.len() <= most as usize, "{}", page.files.len());
-        all.extend(page.files);
-        if page.next_page_token.is_empty() {
-            return (all, pages);
-        }
-        token = page.next_page_token;
-    }
-}
-
-/// Every page of `ListPeers`.
-async fn all_peers(client: &mut TrackerClient<Channel>, page_size: u32) -> Vec<tpb::PeerSummary> {
-    let (mut all, mut token) = (Vec::new(), String::new());
-    loop {
-        let page = client
-            .list_peers(tpb::ListPeersRequest {
-                page_size,
-                page_token: token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.peers);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        token = page.next_page_token;
-    }
-}
-
-/// What the shell prints for `line` on `node`, which must succeed.
-async fn shell(node: &TestPeer, line: &str) -> String {
-    let mut out = Vec::new();
-    let command = p2pshare::peer::shell::parse(line).unwrap();
-    let outcome = p2pshare::peer::shell::execute(&node.node, command, &mut out, ProgressMode::Off)
-        .await
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
-    assert_eq!(outcome, p2pshare::peer::shell::Outcome::Ok, "{text}");
-    text
 }
 
 /// 100,000 versions (10 peers x 10,000 files) and 3,000 peers: every page holds at most what it
@@ -544,12 +348,15 @@ async fn appended_batches_need_the_session() {
 }
 
 /// A peer whose catalog is far past one 4 MiB request (20,000 files of 200-byte names, about
-/// 5.5 MB) registers in batches at start and again after the tracker forgot it, and `WhoHas`
+/// 5.5 MB) registers in batches at start and again after the tracker restarted, and `WhoHas`
 /// sees every file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_past_one_request_registers_in_batches() {
     const FILES: usize = 20_000;
-    let tracker = InProcessTracker::start(TrackerLimits::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let heartbeat = Duration::from_secs(1);
+    let tracker = InProcessTracker::start_on(listener, TrackerLimits::default(), heartbeat);
+    let addr = tracker.addr;
     let dir = tempfile::tempdir().unwrap();
     let files_dir = dir.path().join("files");
     std::fs::create_dir_all(&files_dir).unwrap();
@@ -564,32 +371,78 @@ async fn a_catalog_past_one_request_registers_in_batches() {
         })
         .sum();
     assert!(catalog > 5_000_000, "{catalog}");
-    let peer = TestPeer::start_in("big", tracker.addr, dir.path().to_path_buf(), |_| {}).await;
-    let mut client = tracker.client(0);
-    let listed = |peers: Vec<tpb::PeerSummary>| {
-        peers
-            .into_iter()
-            .find(|p| p.peer_id == "big")
-            .map(|p| p.file_count)
+    let peer = TestPeer::start_in("big", addr, dir.path().to_path_buf(), |_| {}).await;
+    let sees_everything = |tracker: &InProcessTracker| {
+        let mut client = tracker.client(0);
+        async move {
+            let peers = all_peers(&mut client, 0).await;
+            let count = peers
+                .iter()
+                .find(|p| p.peer_id == "big")
+                .map(|p| p.file_count);
+            if count != Some(FILES as u32) {
+                return false;
+            }
+            for k in (0..FILES).step_by(997).chain([FILES - 1]) {
+                let versions = client
+                    .who_has(tpb::WhoHasRequest {
+                        name: name(k),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .versions;
+                assert_eq!(versions.len(), 1);
+                assert_eq!(versions[0].holders[0].peer_id, "big");
+                assert_eq!(versions[0].size, 8);
+            }
+            assert_eq!(all_files(&mut client, 5000).await.0.len(), FILES);
+            true
+        }
     };
-    assert_eq!(listed(all_peers(&mut client, 0).await), Some(FILES as u32));
-    for k in (0..FILES).step_by(997).chain([FILES - 1]) {
-        let versions = client
-            .who_has(tpb::WhoHasRequest {
-                name: name(k),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .versions;
-        assert_eq!(versions.len(), 1);
-        assert_eq!(versions[0].holders[0].peer_id, "big");
-        assert_eq!(versions[0].size, 8);
+    assert!(sees_everything(&tracker).await, "registered at start");
+
+    // A new tracker on the same address knows nothing: the peer's next heartbeat finds that
+    // out and registers its whole catalog again, in batches.
+    tracker.stop().await;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let tracker = InProcessTracker::start_on(listener, TrackerLimits::default(), heartbeat);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sees_everything(&tracker).await {
+        assert!(
+            Instant::now() < deadline,
+            "not registered again within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (all, _) = all_files(&mut client, 5000).await;
-    assert_eq!(all.len(), FILES);
     peer.node.shutdown().await;
+}
+
+/// A tracker whose listings never end (a fresh token every page, or the same token again)
+/// cannot keep the shell's `files` or `peers` going: they stop at 1000 pages, print what they
+/// got, and return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_stops_listings_that_never_end() {
+    let (addr, fake) = support::start_endless_pages().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    let peer = TestPeer::start_in("lister", addr, dir.path().to_path_buf(), |_| {}).await;
+    let started = Instant::now();
+    let files: serde_json::Value =
+        serde_json::from_str(&shell(&peer, "files --json").await).unwrap();
+    assert_eq!(files.as_array().unwrap().len(), 1000);
+    let asked = fake.pages.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(asked, 1000);
+    let peers: serde_json::Value =
+        serde_json::from_str(&shell(&peer, "peers --json").await).unwrap();
+    assert_eq!(
+        peers.as_array().unwrap().len(),
+        2,
+        "the repeated token ends the listing"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    peer.node.kill();
 }
 
 /// Tracker RSS with 20,000 peers x 5 files (from 200 addresses) stays under 256 MiB. Prints
@@ -610,37 +463,6 @@ async fn tracker_rss_with_20000_peers_x_5_files_stays_under_256_mib() {
         peak >> 20
     );
     assert!(peak < 256 << 20, "tracker peak RSS {} MiB", peak >> 20);
-}
-
-/// `count` files with distinct names of `name_len` bytes, unique to `peer`.
-fn fat_catalog(peer: u32, count: u32, name_len: usize) -> Vec<tpb::FileEntry> {
-    (0..count)
-        .map(|k| entry(format!("{peer:05}-{k:07}-{}", "n".repeat(name_len - 14))))
-        .collect()
-}
-
-/// Every catalog entry the tracker lists (the holder counts of every version, all pages).
-async fn catalog_entries(client: &mut TrackerClient<Channel>) -> u64 {
-    let (mut entries, mut token) = (0, String::new());
-    loop {
-        let page = client
-            .list_files(tpb::ListFilesRequest {
-                page_size: 5000,
-                page_token: token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        entries += page
-            .files
-            .iter()
-            .map(|f| f.holder_count as u64)
-            .sum::<u64>();
-        if page.next_page_token.is_empty() {
-            return entries;
-        }
-        token = page.next_page_token;
-    }
 }
 
 /// A flood of the fattest registrations (the longest names, as many as fit in one request),

@@ -453,6 +453,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn catalogs_are_cut_into_batches_under_the_budget() {
+        let catalog: Vec<pb::FileEntry> = (0..1000)
+            .map(|k| pb::FileEntry {
+                name: format!("{k:04}-{}", "n".repeat(200)),
+                size: k,
+                content_id: "0".repeat(64),
+                partial: false,
+            })
+            .collect();
+        let budget = 20_000;
+        let cut = batches(catalog.clone(), budget);
+        assert!(cut.len() > 1);
+        for batch in &cut {
+            let request = pb::RegisterRequest {
+                files: batch.clone(),
+                ..Default::default()
+            };
+            assert!(request.encoded_len() <= budget, "{}", request.encoded_len());
+            assert!(!batch.is_empty());
+        }
+        assert_eq!(cut.concat(), catalog, "every entry once, in order");
+        let empty = batches(vec![], budget);
+        assert_eq!(empty, vec![Vec::<pb::FileEntry>::new()]);
+        // The real budget leaves room for the rest of a request under the tracker's limit.
+        let full = pb::RegisterRequest {
+            peer_id: "p".repeat(64),
+            advertise_host: "h".repeat(253),
+            session_token: "t".repeat(32),
+            port: 65535,
+            append: true,
+            files: batches(vec![catalog; 20].concat(), BATCH_BYTES).swap_remove(0),
+        };
+        assert!(full.encoded_len() <= crate::tracker::MAX_REQUEST_BYTES);
+    }
+
     #[tokio::test]
     async fn each_call_runs_in_a_span_naming_the_rpc_and_the_tracker() {
         let logs = Captured::default();

@@ -1,6 +1,7 @@
 //! The registry's unit tests: pure, the caller controls time.
 
 use super::*;
+use crate::tracker::limits::MAX_PAGE_WORK;
 use crate::tracker::page::{parse_file_token, parse_peer_token};
 
 fn registry(heartbeat: Duration) -> Registry {
