@@ -107,7 +107,7 @@ pub async fn serve_with_limits(
         })
     };
     let server = TrackerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let server = gate::RegisterGate::new(server, gate::REGISTRATIONS_AT_ONCE);
+    let server = gate::RegisterGate::new(server, gate::registrations_at_once());
     let result = crate::grpc::serve_with_security(
         listener,
         tonic::service::Routes::new(crate::grpc::ClearLimits::new(server)),

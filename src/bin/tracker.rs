@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_files_per_ip)]
     max_files_per_ip: usize,
     /// Most catalog entries (one per file per peer) in the whole swarm; bounds the tracker's
-    /// memory (about 200-450 bytes an entry).
+    /// memory (about 350-600 bytes an entry, by name length).
     #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_catalog_files)]
     max_catalog_files: usize,
 }
