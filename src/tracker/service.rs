@@ -89,21 +89,19 @@ impl Tracker for TrackerService {
         let span = request_span("Register", remote, Some(&request.get_ref().peer_id));
         in_span(span, async move {
             let req = request.into_inner();
+            // The cheap checks first: a batch keeps the registered address.
+            let address = if req.append {
+                None
+            } else {
+                Some(advertised_address(remote, &req.advertise_host, req.port)?)
+            };
             let files = req
                 .files
                 .into_iter()
                 .map(CheckedFile::try_from)
                 .collect::<Result<Vec<_>, _>>()?;
             let count = files.len();
-            let registered = if req.append {
-                // One more batch of a registered peer's catalog: its address stays as it was.
-                let registered = self.with(|r| {
-                    r.register_more(&req.peer_id, &req.session_token, files, Instant::now())
-                })?;
-                tracing::debug!(peer = %req.peer_id, files = count, "catalog batch added");
-                registered
-            } else {
-                let address = advertised_address(remote, &req.advertise_host, req.port)?;
+            let registered = if let Some(address) = address {
                 let observed_ip = remote.map(|a| a.ip().to_canonical());
                 let registered = self.with(|r| {
                     r.register(
@@ -121,6 +119,13 @@ impl Tracker for TrackerService {
                     files = count,
                     "peer registered"
                 );
+                registered
+            } else {
+                // One more batch of a registered peer's catalog.
+                let registered = self.with(|r| {
+                    r.register_more(&req.peer_id, &req.session_token, files, Instant::now())
+                })?;
+                tracing::debug!(peer = %req.peer_id, files = count, "catalog batch added");
                 registered
             };
             Ok(pb::RegisterResponse {
