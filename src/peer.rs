@@ -310,11 +310,13 @@ impl PeerNode {
         whole.iter().map(entry).chain(partial).collect()
     }
 
+    /// Registers the whole catalog (in batches if it does not fit in one request).
     async fn register(&self) -> Result<tracker_link::Session, TrackerLinkError> {
         let catalog = self.catalog();
         let count = catalog.len();
-        let session = self.tracker.register(catalog).await?;
-        tracing::info!(files = count, address = %session.advertised_address, "registered with the tracker");
+        let registration = self.tracker.register(catalog).await?;
+        let session = registration.session;
+        tracing::info!(files = registration.files, of = count, address = %session.advertised_address, "registered with the tracker");
         Ok(session)
     }
 

@@ -4,18 +4,25 @@
 //! re-registrations. It never sees file content. The [`Registry`] is plain synchronous data behind
 //! a mutex that is never held across an `.await`; [`TrackerService`] is the thin async layer.
 //!
-//! * `registry`: who is alive, where, holding what; expiry and the holder index.
+//! * `registry`: who is alive, where, holding what; expiry, caps and the holder index.
+//! * `limits`: the caps ([`TrackerLimits`]) and the page sizes of listings.
+//! * `page`: the page tokens of `ListPeers` and `ListFiles`, checked like any input.
 //! * `address`: the address others are given for a registering peer.
+//! * `gate`: how many `Register` calls are read at once (their buffers are the big ones).
 //! * `service`: the tonic `Tracker` implementation, one span per call.
 //! * `error`: what the tracker refuses, and the gRPC code of each refusal.
 //! * Here: the server's configuration and start-up, with the reaper of silent peers.
 
 mod address;
 mod error;
+mod gate;
+mod limits;
+mod page;
 mod registry;
 mod service;
 
 pub(crate) use error::TrackerError;
+pub use limits::TrackerLimits;
 pub(crate) use service::TrackerService;
 
 use crate::grpc::ServerSecurity;
@@ -25,8 +32,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// Largest request the tracker decodes (a `Register` with a full catalog is the big one: this
-/// fits about 12 000 files of 255-byte names, 40 000 of 30-byte ones). Larger requests get
-/// RESOURCE_EXHAUSTED before any of them is read into memory.
+/// fits about 12 000 files of 255-byte names, 40 000 of 30-byte ones; a larger catalog goes in
+/// batches). Larger requests get RESOURCE_EXHAUSTED before any of them is read into memory.
 pub(crate) const MAX_REQUEST_BYTES: usize = 4 << 20;
 
 /// Configuration of a tracker server.
@@ -56,7 +63,7 @@ pub async fn serve(
 }
 
 /// [`serve`] for a private swarm: calls need the swarm key and/or connections need TLS, as
-/// `security` says (see [`crate::grpc`]).
+/// `security` says (see [`crate::grpc`]). The registry has the default [`TrackerLimits`].
 ///
 /// The security settings are an argument rather than a [`TrackerConfig`] field so that code
 /// building a `TrackerConfig { heartbeat_interval }` literal keeps compiling.
@@ -66,7 +73,26 @@ pub async fn serve_with_security(
     security: ServerSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let service = TrackerService::new(&config);
+    serve_with_limits(
+        listener,
+        config,
+        TrackerLimits::default(),
+        security,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with_security`] with the registry's caps given (for the same reason as the
+/// security settings, an argument rather than a [`TrackerConfig`] field).
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    config: TrackerConfig,
+    limits: TrackerLimits,
+    security: ServerSecurity,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let service = TrackerService::new(&config, limits);
     let reaper = {
         let service = service.clone();
         let period = (config.heartbeat_interval / 2).max(Duration::from_millis(100));
@@ -81,6 +107,7 @@ pub async fn serve_with_security(
         })
     };
     let server = TrackerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let server = gate::RegisterGate::new(server, gate::registrations_at_once());
     let result = crate::grpc::serve_with_security(
         listener,
         tonic::service::Routes::new(crate::grpc::ClearLimits::new(server)),

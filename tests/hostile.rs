@@ -450,7 +450,7 @@ async fn tracker_refuses_escaping_names_and_bad_peer_ids_on_every_call() {
         .unwrap();
     assert_eq!(holders_of(&mut client, "f").await.len(), 1);
     let peers = client
-        .list_peers(tpb::ListPeersRequest {})
+        .list_peers(tpb::ListPeersRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -461,7 +461,7 @@ async fn tracker_refuses_escaping_names_and_bad_peer_ids_on_every_call() {
     );
     assert_eq!(peers[0].file_count, 1);
     let files = client
-        .list_files(tpb::ListFilesRequest {})
+        .list_files(tpb::ListFilesRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -603,7 +603,7 @@ async fn tracker_refuses_junk_addresses_and_ports() {
         );
     }
     assert!(client
-        .list_peers(tpb::ListPeersRequest {})
+        .list_peers(tpb::ListPeersRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -656,7 +656,7 @@ async fn tracker_survives_huge_requests_and_absurd_sizes() {
         .await
         .unwrap();
     let peers = client
-        .list_peers(tpb::ListPeersRequest {})
+        .list_peers(tpb::ListPeersRequest::default())
         .await
         .unwrap()
         .into_inner()

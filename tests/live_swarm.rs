@@ -316,6 +316,7 @@ impl Tracker for ListingTracker {
             session_token: "t".into(),
             heartbeat_interval_secs: 10,
             advertised_address: "127.0.0.1:9".into(),
+            ..Default::default()
         }))
     }
     async fn heartbeat(

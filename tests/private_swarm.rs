@@ -205,7 +205,7 @@ async fn call_both(
     let tracker_answer = within(
         "tracker call",
         limit,
-        tracker.list_peers(tracker_pb::ListPeersRequest {}),
+        tracker.list_peers(tracker_pb::ListPeersRequest::default()),
     )
     .await
     .map(|r| r.into_inner().peers.len());
@@ -432,7 +432,7 @@ async fn plaintext_or_untrusting_clients_of_tls_servers_are_refused_quickly() {
         REFUSAL_TIMEOUT,
         misnamed
             .secured_client(&swarm.member_client())
-            .list_peers(tracker_pb::ListPeersRequest {}),
+            .list_peers(tracker_pb::ListPeersRequest::default()),
     )
     .await;
     let text = assert_refused(
@@ -480,7 +480,7 @@ async fn tls_client_of_a_plaintext_server_is_refused_quickly() {
     let answer = within(
         "TLS call to a plaintext tracker",
         REFUSAL_TIMEOUT,
-        client.list_peers(tracker_pb::ListPeersRequest {}),
+        client.list_peers(tracker_pb::ListPeersRequest::default()),
     )
     .await;
     let text = assert_refused("TLS client of a plaintext tracker", &tls, answer);

@@ -111,7 +111,7 @@ async fn holders(client: &mut TrackerClient<Channel>, name: &str) -> Vec<(String
 async fn list_peers(client: &mut TrackerClient<Channel>) -> Vec<tracker_pb::PeerSummary> {
     within(
         "ListPeers",
-        client.list_peers(tracker_pb::ListPeersRequest {}),
+        client.list_peers(tracker_pb::ListPeersRequest::default()),
     )
     .await
     .unwrap()
@@ -122,7 +122,7 @@ async fn list_peers(client: &mut TrackerClient<Channel>) -> Vec<tracker_pb::Peer
 async fn list_files(client: &mut TrackerClient<Channel>) -> Vec<tracker_pb::FileSummary> {
     within(
         "ListFiles",
-        client.list_files(tracker_pb::ListFilesRequest {}),
+        client.list_files(tracker_pb::ListFilesRequest::default()),
     )
     .await
     .unwrap()

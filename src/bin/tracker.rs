@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use p2pshare::grpc::{ServerSecurity, SwarmKey, TlsIdentity};
+use p2pshare::tracker::TrackerLimits;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +37,22 @@ struct Args {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Most live peers in all; past it a registration gets RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_peers)]
+    max_peers: usize,
+    /// Most live peers registered from one IP address (as the tracker sees it).
+    #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_peers_per_ip)]
+    max_peers_per_ip: usize,
+    /// Most files in one peer's catalog.
+    #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_files_per_peer)]
+    max_files_per_peer: usize,
+    /// Most files in all the catalogs of the peers registered from one IP address.
+    #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_files_per_ip)]
+    max_files_per_ip: usize,
+    /// Most catalog entries (one per file per peer) in the whole swarm; bounds the tracker's
+    /// memory (about 350-600 bytes an entry, by name length).
+    #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_catalog_files)]
+    max_catalog_files: usize,
 }
 
 #[tokio::main]
@@ -75,9 +92,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = p2pshare::tracker::TrackerConfig {
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
     };
-    p2pshare::tracker::serve_with_security(
+    let limits = TrackerLimits {
+        max_peers: args.max_peers,
+        max_peers_per_ip: args.max_peers_per_ip,
+        max_files_per_peer: args.max_files_per_peer,
+        max_files_per_ip: args.max_files_per_ip,
+        max_catalog_files: args.max_catalog_files,
+    };
+    p2pshare::tracker::serve_with_limits(
         listener,
         config,
+        limits,
         security,
         p2pshare::cli::shutdown_signal(),
     )

@@ -2,10 +2,16 @@
 //! announcements and queries. Every call has a deadline, so a tracker that is down gives a clear
 //! "tracker unreachable" error instead of a hang, and runs in a `tracker_call` span (the RPC and
 //! the tracker's address) so a peer's debug log shows which call a line belongs to.
+//!
+//! Bounded both ways: a catalog too large for one request registers in batches (one `Register`,
+//! then `Register` with `append`), and listings are gathered page by page up to a bounded number
+//! of entries, pages and seconds, whatever the tracker answers.
 
 use crate::grpc::{ClientChannel, ClientSecurity};
 use crate::pb::tracker as pb;
 use crate::pb::tracker::tracker_client::TrackerClient;
+use prost::Message;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -13,6 +19,18 @@ use tracing::Instrument;
 
 /// Deadline of one call to the tracker.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes of catalog entries in one `Register`: the tracker's request limit less room for
+/// the other fields (a peer id, a host name and a token are well under 1 KiB).
+const BATCH_BYTES: usize = crate::tracker::MAX_REQUEST_BYTES - 16 * 1024;
+/// Entries asked for per listing page: the tracker's maximum (it caps larger asks anyway).
+const PAGE_SIZE: u32 = 5000;
+/// Most entries gathered for one listing (`peers`, `files`): far past what a person reads, and
+/// about 40 MiB of answers at most, whatever the tracker holds or claims.
+const MAX_LISTED: usize = 200_000;
+/// Most pages asked for one listing: a tracker that answers short pages forever stops here.
+const MAX_PAGES: usize = 1000;
+/// Deadline of a whole listing, all pages together.
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors talking to the tracker.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +113,36 @@ impl Session {
             advertised_address,
         })
     }
+}
+
+/// What a registration achieved.
+#[derive(Debug, Clone)]
+pub(crate) struct Registration {
+    /// The session it opened.
+    pub session: Session,
+    /// How many catalog entries the tracker took: all of them unless it refused a later batch
+    /// (a limit: the reason was logged) or takes one request only (an older tracker).
+    pub files: usize,
+}
+
+/// `files` cut into batches whose encoded entries take at most `budget` bytes each (at least
+/// one entry per batch, and one empty batch for an empty catalog).
+fn batches(files: Vec<pb::FileEntry>, budget: usize) -> Vec<Vec<pb::FileEntry>> {
+    let mut out = vec![Vec::new()];
+    let mut used = 0;
+    for file in files {
+        // The entry, its field tag and its length prefix (at most 3 bytes below 2 MiB).
+        let size = file.encoded_len() + 4;
+        if used + size > budget && out.last().is_some_and(|b| !b.is_empty()) {
+            out.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        if let Some(batch) = out.last_mut() {
+            batch.push(file);
+        }
+    }
+    out
 }
 
 /// The link to the tracker.
@@ -186,25 +234,71 @@ impl TrackerLink {
         .await
     }
 
-    /// Registers with the full catalog `files`; remembers the session.
+    /// Registers with the full catalog `files`, in batches if it does not fit in one request;
+    /// remembers the session once the catalog is in.
+    ///
+    /// A later batch refused for a limit (RESOURCE_EXHAUSTED) leaves the peer registered with
+    /// what the tracker took, and says so in the log: sending it again would be refused again.
+    /// Any other failure of a later batch clears the session, so the heartbeat loop registers
+    /// again from the start.
     pub(crate) async fn register(
         &self,
         files: Vec<pb::FileEntry>,
-    ) -> Result<Session, TrackerLinkError> {
+    ) -> Result<Registration, TrackerLinkError> {
+        let total = files.len();
+        let mut batches = batches(files, BATCH_BYTES).into_iter();
+        let first = batches.next().unwrap_or_default();
+        let mut registered = first.len();
         let previous = self.session().map(|s| s.token).unwrap_or_default();
         let request = pb::RegisterRequest {
             peer_id: self.peer_id.clone(),
             port: self.port as u32,
             advertise_host: self.advertise_host.clone(),
-            files,
+            files: first,
             session_token: previous,
+            append: false,
         };
         let response = self
             .call("Register", |mut c| async move { c.register(request).await })
             .await?;
+        let catalog_batches = response.catalog_batches;
         let session = Session::checked(response)?;
+        for batch in batches {
+            if !catalog_batches {
+                tracing::warn!(
+                    "the tracker takes a catalog in one request only (it is older than this \
+                     peer): {registered} of {total} files registered"
+                );
+                break;
+            }
+            let count = batch.len();
+            let request = pb::RegisterRequest {
+                peer_id: self.peer_id.clone(),
+                session_token: session.token.clone(),
+                files: batch,
+                append: true,
+                ..Default::default()
+            };
+            match self
+                .call("Register", |mut c| async move { c.register(request).await })
+                .await
+            {
+                Ok(_) => registered += count,
+                Err(e) if e.code() == Some(Code::ResourceExhausted) => {
+                    tracing::warn!("{e}: {registered} of {total} files registered");
+                    break;
+                }
+                Err(e) => {
+                    self.set_session(None);
+                    return Err(e);
+                }
+            }
+        }
         self.set_session(Some(session.clone()));
-        Ok(session)
+        Ok(Registration {
+            session,
+            files: registered,
+        })
     }
 
     /// Heartbeats. `Err(NotRegistered)` means: register again (the tracker forgot us).
@@ -294,22 +388,87 @@ impl TrackerLink {
             .map(|r| r.versions)
     }
 
-    /// Live peers.
-    pub(crate) async fn peers(&self) -> Result<Vec<pb::PeerSummary>, TrackerLinkError> {
-        self.call("ListPeers", |mut c| async move {
-            c.list_peers(pb::ListPeersRequest {}).await
-        })
-        .await
-        .map(|r| r.peers)
+    /// Gathers a listing page by page: `ask(client, token)` asks for the page after `token`,
+    /// `split` takes its entries and next token. Bounded by [`MAX_LISTED`] entries,
+    /// [`MAX_PAGES`] pages and [`LIST_TIMEOUT`]: past the first two it keeps what it has and
+    /// logs that the listing was cut; past the deadline it fails.
+    async fn list_all<R, T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        mut ask: F,
+        split: fn(R) -> (Vec<T>, String),
+    ) -> Result<Vec<T>, TrackerLinkError>
+    where
+        F: FnMut(TrackerClient<ClientChannel>, String) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let gather = async {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            for _ in 0..MAX_PAGES {
+                let asked = token.clone();
+                let (entries, next) = split(self.call(rpc, |c| ask(c, asked)).await?);
+                let room = MAX_LISTED - all.len();
+                if entries.len() > room {
+                    all.extend(entries.into_iter().take(room));
+                    tracing::warn!("{rpc}: listing cut at {MAX_LISTED} entries");
+                    return Ok(all);
+                }
+                all.extend(entries);
+                if next.is_empty() {
+                    return Ok(all);
+                }
+                if next == token {
+                    tracing::warn!(
+                        "{rpc}: the tracker gave the same page token again; listing cut"
+                    );
+                    return Ok(all);
+                }
+                token = next;
+            }
+            tracing::warn!("{rpc}: listing cut after {MAX_PAGES} pages");
+            Ok(all)
+        };
+        tokio::time::timeout(LIST_TIMEOUT, gather)
+            .await
+            .unwrap_or_else(|_| {
+                Err(TrackerLinkError::Unreachable {
+                    address: self.address.clone(),
+                    detail: format!("{rpc}: the listing did not end within {LIST_TIMEOUT:?}"),
+                })
+            })
     }
 
-    /// Every file in the swarm.
-    pub(crate) async fn files(&self) -> Result<Vec<pb::FileSummary>, TrackerLinkError> {
-        self.call("ListFiles", |mut c| async move {
-            c.list_files(pb::ListFilesRequest {}).await
-        })
+    /// Live peers, every page.
+    pub(crate) async fn peers(&self) -> Result<Vec<pb::PeerSummary>, TrackerLinkError> {
+        self.list_all(
+            "ListPeers",
+            |mut c, page_token| async move {
+                c.list_peers(pb::ListPeersRequest {
+                    page_size: PAGE_SIZE,
+                    page_token,
+                })
+                .await
+            },
+            |r: pb::ListPeersResponse| (r.peers, r.next_page_token),
+        )
         .await
-        .map(|r| r.files)
+    }
+
+    /// Every file in the swarm, every page.
+    pub(crate) async fn files(&self) -> Result<Vec<pb::FileSummary>, TrackerLinkError> {
+        self.list_all(
+            "ListFiles",
+            |mut c, page_token| async move {
+                c.list_files(pb::ListFilesRequest {
+                    page_size: PAGE_SIZE,
+                    page_token,
+                })
+                .await
+            },
+            |r: pb::ListFilesResponse| (r.files, r.next_page_token),
+        )
+        .await
     }
 }
 
@@ -331,6 +490,42 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn catalogs_are_cut_into_batches_under_the_budget() {
+        let catalog: Vec<pb::FileEntry> = (0..1000)
+            .map(|k| pb::FileEntry {
+                name: format!("{k:04}-{}", "n".repeat(200)),
+                size: k,
+                content_id: "0".repeat(64),
+                partial: false,
+            })
+            .collect();
+        let budget = 20_000;
+        let cut = batches(catalog.clone(), budget);
+        assert!(cut.len() > 1);
+        for batch in &cut {
+            let request = pb::RegisterRequest {
+                files: batch.clone(),
+                ..Default::default()
+            };
+            assert!(request.encoded_len() <= budget, "{}", request.encoded_len());
+            assert!(!batch.is_empty());
+        }
+        assert_eq!(cut.concat(), catalog, "every entry once, in order");
+        let empty = batches(vec![], budget);
+        assert_eq!(empty, vec![Vec::<pb::FileEntry>::new()]);
+        // The real budget leaves room for the rest of a request under the tracker's limit.
+        let full = pb::RegisterRequest {
+            peer_id: "p".repeat(64),
+            advertise_host: "h".repeat(253),
+            session_token: "t".repeat(32),
+            port: 65535,
+            append: true,
+            files: batches(vec![catalog; 20].concat(), BATCH_BYTES).swap_remove(0),
+        };
+        assert!(full.encoded_len() <= crate::tracker::MAX_REQUEST_BYTES);
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! What the tracker refuses, and the gRPC code each refusal is answered with.
 
-use super::registry::MAX_FILES_PER_PEER;
 use crate::names::NameError;
+use std::net::IpAddr;
 use tonic::Status;
 
 /// Errors of the registry, answered to the caller as the [`Status`] its `From` impl gives.
@@ -30,9 +30,24 @@ pub(crate) enum TrackerError {
     /// Nobody holds the file (or that version of it); the text names what was asked for.
     #[error("no peer holds {0}")]
     UnknownFile(String),
-    /// The catalog would pass [`MAX_FILES_PER_PEER`].
-    #[error("a peer may share at most {MAX_FILES_PER_PEER} files with the tracker")]
-    TooManyFiles,
+    /// The peer's catalog would pass the files-per-peer cap (the cap).
+    #[error("a peer may share at most {0} files with this tracker (its --max-files-per-peer)")]
+    TooManyFiles(usize),
+    /// The tracker holds as many peers as it may (the cap).
+    #[error("this tracker is full: it holds at most {0} peers (its --max-peers)")]
+    TooManyPeers(usize),
+    /// The peers registered from this address are as many as one address may have.
+    #[error("this tracker holds at most {1} peers registered from {0} (its --max-peers-per-ip)")]
+    TooManyPeersFrom(IpAddr, usize),
+    /// The peers registered from this address would share more files than one address may.
+    #[error(
+        "peers registered from {0} may share at most {1} files in all with this tracker \
+         (its --max-files-per-ip)"
+    )]
+    TooManyFilesFrom(IpAddr, usize),
+    /// The whole catalog would pass its cap.
+    #[error("this tracker's catalog is full: it holds at most {0} files in all (its --max-catalog-files)")]
+    CatalogFull(usize),
 }
 
 /// The error's own text, under the canonical code that says what kind of failure it is, so
@@ -49,7 +64,11 @@ impl From<TrackerError> for Status {
             }
             TrackerError::WrongToken(_) => Status::permission_denied(message),
             TrackerError::PeerIdTaken { .. } => Status::already_exists(message),
-            TrackerError::TooManyFiles => Status::resource_exhausted(message),
+            TrackerError::TooManyFiles(_)
+            | TrackerError::TooManyPeers(_)
+            | TrackerError::TooManyPeersFrom(..)
+            | TrackerError::TooManyFilesFrom(..)
+            | TrackerError::CatalogFull(_) => Status::resource_exhausted(message),
         }
     }
 }

@@ -1,22 +1,30 @@
 //! The registry: who is alive, at which address, holding which files, and the holder index
-//! `WhoHas` reads. Plain synchronous data (the caller passes `now`, so tests control time); the
-//! service keeps it behind a mutex that is never held across an `.await`.
+//! `WhoHas` and `ListFiles` read. Plain synchronous data (the caller passes `now`, so tests
+//! control time); the service keeps it behind a mutex that is never held across an `.await`.
+//!
+//! Bounded: every way in is checked against [`TrackerLimits`] before anything changes (peers in
+//! all and per observed IP, files per peer and per IP, entries in all), and listings go a
+//! bounded page at a time (`listing`). Memory per catalog entry is kept small (see [`index`]):
+//! a peer's catalog maps a shared name to its record, and the index holds a 4-byte key per
+//! holder.
 
+mod index;
+mod listing;
+
+use super::limits::TrackerLimits;
 use super::TrackerError;
 use crate::chunking::ContentId;
 use crate::names::{validate_file_name, validate_peer_id};
 use crate::pb::tracker as pb;
-use rand::seq::SliceRandom;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use index::{Holder, Index, PeerKey, VersionKey};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// A peer silent for this many heartbeat intervals is dropped.
 pub(crate) const MISSED_HEARTBEATS_BEFORE_DROP: u32 = 3;
-/// Most files one peer may have in its catalog: the registry's memory per peer is bounded.
-/// Registering or announcing past it is refused with RESOURCE_EXHAUSTED.
-pub(crate) const MAX_FILES_PER_PEER: usize = 100_000;
 /// Most holders per version in a `WhoHas` answer when the request does not ask for fewer: a
 /// popular file's answer stays small, and a random sample spreads a crowd over its holders.
 pub(crate) const DEFAULT_MAX_HOLDERS: u32 = 200;
@@ -32,29 +40,44 @@ struct FileRecord {
 
 #[derive(Debug)]
 struct PeerRecord {
+    id: Arc<str>,
     /// Where others are told to reach it.
-    address: String,
+    address: Box<str>,
     /// The IP its registration came from (not claimed: seen), if known.
     observed_ip: Option<IpAddr>,
     token: String,
-    files: HashMap<String, FileRecord>,
+    /// Its catalog; each name is the index's shared copy.
+    files: HashMap<Arc<str>, FileRecord>,
+    /// The sum of the sizes in `files` (sizes are claims: a `u128` cannot overflow with at most
+    /// `usize::MAX` of them, and answers saturate to `u64`).
+    total_bytes: u128,
     last_seen: Instant,
 }
 
-/// A version of a named file in the holder index: its content id and the size its holders
-/// announced. Keyed by both, so a peer announcing a known content id with a wrong size makes a
-/// version of its own instead of changing what the honest holders' version says.
-type VersionKey = (ContentId, u64);
+/// How much of the registry the peers from one observed IP address hold.
+#[derive(Debug, Default, Clone, Copy)]
+struct AddressShare {
+    peers: usize,
+    files: usize,
+}
 
 /// Who is alive and who holds what. Synchronous; the caller passes `now` so that tests control
 /// time.
 #[derive(Debug)]
 pub(crate) struct Registry {
     heartbeat_interval: Duration,
-    peers: HashMap<String, PeerRecord>,
-    /// name -> (content id, size) -> holders. Kept in step with `peers` so `WhoHas` costs the
-    /// holders it returns, not the size of the swarm.
-    index: BTreeMap<String, BTreeMap<VersionKey, BTreeSet<String>>>,
+    limits: TrackerLimits,
+    /// Peer id -> slot, in id order (for `ListPeers` pages).
+    ids: BTreeMap<Arc<str>, PeerKey>,
+    /// The peers, by slot; `free` lists empty slots for reuse, so keys stay small.
+    slots: Vec<Option<PeerRecord>>,
+    free: Vec<PeerKey>,
+    /// Kept in step with the catalogs, so `WhoHas` costs the holders it returns, not the size of
+    /// the swarm.
+    index: Index,
+    per_ip: HashMap<IpAddr, AddressShare>,
+    /// Catalog entries of all peers.
+    catalog_len: usize,
 }
 
 /// A registration accepted by [`Registry::register`].
@@ -99,13 +122,30 @@ impl TryFrom<pb::FileEntry> for CheckedFile {
     }
 }
 
+/// How many distinct names `files` has that `held` does not: what adding them grows a catalog
+/// by.
+fn new_names(held: Option<&HashMap<Arc<str>, FileRecord>>, files: &[CheckedFile]) -> usize {
+    let mut seen = HashSet::with_capacity(files.len());
+    files
+        .iter()
+        .filter(|f| seen.insert(f.name.as_str()))
+        .filter(|f| held.is_none_or(|held| !held.contains_key(f.name.as_str())))
+        .count()
+}
+
 impl Registry {
-    /// An empty registry whose peers must heartbeat every `heartbeat_interval`.
-    pub(super) fn new(heartbeat_interval: Duration) -> Self {
+    /// An empty registry whose peers must heartbeat every `heartbeat_interval`, holding at most
+    /// what `limits` allow.
+    pub(super) fn new(heartbeat_interval: Duration, limits: TrackerLimits) -> Self {
         Registry {
             heartbeat_interval,
-            peers: HashMap::new(),
-            index: BTreeMap::new(),
+            limits,
+            ids: BTreeMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: Index::default(),
+            per_ip: HashMap::new(),
+            catalog_len: 0,
         }
     }
 
@@ -118,14 +158,26 @@ impl Registry {
         self.heartbeat_interval * MISSED_HEARTBEATS_BEFORE_DROP
     }
 
-    /// Registers (or re-registers) a peer with its full catalog.
+    fn peer(&self, key: PeerKey) -> Option<&PeerRecord> {
+        self.slots.get(key.0 as usize)?.as_ref()
+    }
+
+    fn peer_mut(&mut self, key: PeerKey) -> Option<&mut PeerRecord> {
+        self.slots.get_mut(key.0 as usize)?.as_mut()
+    }
+
+    fn alive(&self, peer: &PeerRecord, now: Instant) -> bool {
+        now.duration_since(peer.last_seen) < self.expiry()
+    }
+
+    /// Registers (or re-registers) a peer with its full catalog (or the first batch of it).
     ///
     /// A peer id held by a live peer is refused unless the caller proves it is that peer (its
     /// token: it keeps it), or is that peer restarted: the same advertised address *and* a
     /// connection from the same IP as the first registration (the old process cannot still own
     /// that port). A restart gets a fresh token, never the old one: an address can be claimed
     /// (`advertise_host`), so it must not be enough to learn a live peer's token.
-    /// `observed_ip` is where the request came from, if known.
+    /// `observed_ip` is where the request came from, if known. Past a limit nothing changes.
     pub(super) fn register(
         &mut self,
         peer_id: &str,
@@ -136,12 +188,10 @@ impl Registry {
         now: Instant,
     ) -> Result<Registered, TrackerError> {
         validate_peer_id(peer_id)?;
-        if files.len() > MAX_FILES_PER_PEER {
-            return Err(TrackerError::TooManyFiles);
-        }
-        let token = match self.peers.get(peer_id) {
-            Some(old) if now.duration_since(old.last_seen) < self.expiry() => {
-                let restarted = old.address == address
+        let old = self.ids.get(peer_id).and_then(|&key| self.peer(key));
+        let token = match old {
+            Some(old) if self.alive(old, now) => {
+                let restarted = *old.address == *address
                     && observed_ip.is_some()
                     && old.observed_ip == observed_ip;
                 if same_token(&old.token, presented_token) {
@@ -151,25 +201,108 @@ impl Registry {
                 } else {
                     return Err(TrackerError::PeerIdTaken {
                         peer_id: peer_id.to_string(),
-                        address: old.address.clone(),
+                        address: old.address.to_string(),
                     });
                 }
             }
             _ => new_token(),
         };
+        self.admit_registration(old, observed_ip, new_names(None, &files))?;
         self.remove_peer(peer_id);
         let record = PeerRecord {
-            address: address.clone(),
+            id: Arc::from(peer_id),
+            address: address.clone().into_boxed_str(),
             observed_ip,
             token: token.clone(),
-            files: HashMap::new(),
+            files: HashMap::with_capacity(files.len()),
+            total_bytes: 0,
             last_seen: now,
         };
-        self.peers.insert(peer_id.to_string(), record);
+        let key = self.insert_peer(record);
         for file in files {
-            self.add_file(peer_id, file);
+            self.add_file(key, file);
         }
         Ok(Registered { token, address })
+    }
+
+    /// Checks the caps for a registration of `count` files replacing `old` (the record of the
+    /// same id, live or not, which goes).
+    fn admit_registration(
+        &self,
+        old: Option<&PeerRecord>,
+        observed_ip: Option<IpAddr>,
+        count: usize,
+    ) -> Result<(), TrackerError> {
+        let limits = &self.limits;
+        if count > limits.max_files_per_peer {
+            return Err(TrackerError::TooManyFiles(limits.max_files_per_peer));
+        }
+        let old_files = old.map_or(0, |o| o.files.len());
+        if old.is_none() && self.ids.len() >= limits.max_peers {
+            return Err(TrackerError::TooManyPeers(limits.max_peers));
+        }
+        if let Some(ip) = observed_ip {
+            let mut share = self.per_ip.get(&ip).copied().unwrap_or_default();
+            if old.is_some_and(|o| o.observed_ip == Some(ip)) {
+                share.peers -= 1;
+                share.files -= old_files;
+            }
+            if share.peers >= limits.max_peers_per_ip {
+                return Err(TrackerError::TooManyPeersFrom(ip, limits.max_peers_per_ip));
+            }
+            if share.files + count > limits.max_files_per_ip {
+                return Err(TrackerError::TooManyFilesFrom(ip, limits.max_files_per_ip));
+            }
+        }
+        if self.catalog_len - old_files + count > limits.max_catalog_files {
+            return Err(TrackerError::CatalogFull(limits.max_catalog_files));
+        }
+        Ok(())
+    }
+
+    /// Checks the caps for adding `files` to the catalog of `key`.
+    fn admit_growth(&self, key: PeerKey, files: &[CheckedFile]) -> Result<(), TrackerError> {
+        let Some(peer) = self.peer(key) else {
+            return Ok(());
+        };
+        let limits = &self.limits;
+        let growth = new_names(Some(&peer.files), files);
+        if peer.files.len() + growth > limits.max_files_per_peer {
+            return Err(TrackerError::TooManyFiles(limits.max_files_per_peer));
+        }
+        if let Some(ip) = peer.observed_ip {
+            let share = self.per_ip.get(&ip).copied().unwrap_or_default();
+            if share.files + growth > limits.max_files_per_ip {
+                return Err(TrackerError::TooManyFilesFrom(ip, limits.max_files_per_ip));
+            }
+        }
+        if self.catalog_len + growth > limits.max_catalog_files {
+            return Err(TrackerError::CatalogFull(limits.max_catalog_files));
+        }
+        Ok(())
+    }
+
+    /// Adds a batch to the catalog of a registered peer (`RegisterRequest.append`): a catalog
+    /// too large for one request. All of the batch or, past a limit, none of it.
+    pub(super) fn register_more(
+        &mut self,
+        peer_id: &str,
+        token: &str,
+        files: Vec<CheckedFile>,
+        now: Instant,
+    ) -> Result<Registered, TrackerError> {
+        let key = self.authenticate(peer_id, token, now)?;
+        self.admit_growth(key, &files)?;
+        for file in files {
+            self.add_file(key, file);
+        }
+        let peer = self
+            .peer(key)
+            .ok_or_else(|| TrackerError::UnknownPeer(peer_id.into()))?;
+        Ok(Registered {
+            token: peer.token.clone(),
+            address: peer.address.to_string(),
+        })
     }
 
     /// The live peer `peer_id` if `token` is its token (then it counts as heard from).
@@ -178,16 +311,17 @@ impl Registry {
         peer_id: &str,
         token: &str,
         now: Instant,
-    ) -> Result<&mut PeerRecord, TrackerError> {
+    ) -> Result<PeerKey, TrackerError> {
         validate_peer_id(peer_id)?;
         let expiry = self.expiry();
-        match self.peers.get_mut(peer_id) {
-            Some(peer) if now.duration_since(peer.last_seen) < expiry => {
+        let key = self.ids.get(peer_id).copied();
+        match key.and_then(|key| Some((key, self.peer_mut(key)?))) {
+            Some((key, peer)) if now.duration_since(peer.last_seen) < expiry => {
                 if !same_token(&peer.token, token) {
                     return Err(TrackerError::WrongToken(peer_id.to_string()));
                 }
                 peer.last_seen = now;
-                Ok(peer)
+                Ok(key)
             }
             _ => Err(TrackerError::UnknownPeer(peer_id.to_string())),
         }
@@ -211,11 +345,9 @@ impl Registry {
         file: CheckedFile,
         now: Instant,
     ) -> Result<(), TrackerError> {
-        let peer = self.authenticate(peer_id, token, now)?;
-        if !peer.files.contains_key(&file.name) && peer.files.len() >= MAX_FILES_PER_PEER {
-            return Err(TrackerError::TooManyFiles);
-        }
-        self.add_file(peer_id, file);
+        let key = self.authenticate(peer_id, token, now)?;
+        self.admit_growth(key, std::slice::from_ref(&file))?;
+        self.add_file(key, file);
         Ok(())
     }
 
@@ -228,10 +360,8 @@ impl Registry {
         now: Instant,
     ) -> Result<(), TrackerError> {
         validate_file_name(name)?;
-        let peer = self.authenticate(peer_id, token, now)?;
-        if let Some(old) = peer.files.remove(name) {
-            self.unindex(peer_id, name, &old);
-        }
+        let key = self.authenticate(peer_id, token, now)?;
+        self.remove_file(key, name);
         Ok(())
     }
 
@@ -249,12 +379,12 @@ impl Registry {
 
     /// Drops every peer not heard from within the expiry; returns their ids.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<String> {
-        let expiry = self.expiry();
         let dead: Vec<String> = self
-            .peers
+            .slots
             .iter()
-            .filter(|(_, p)| now.duration_since(p.last_seen) >= expiry)
-            .map(|(id, _)| id.clone())
+            .flatten()
+            .filter(|p| !self.alive(p, now))
+            .map(|p| p.id.to_string())
             .collect();
         for id in &dead {
             self.remove_peer(id);
@@ -262,175 +392,97 @@ impl Registry {
         dead
     }
 
-    /// The versions of `name` (optionally only content ids starting with `prefix`) with their live
-    /// holders, most complete holders first. A version with more than `max_holders` holders (0 or
-    /// more than [`DEFAULT_MAX_HOLDERS`]: that) lists a random sample of them, complete holders
-    /// before partial ones.
-    pub(super) fn who_has(
-        &self,
-        name: &str,
-        prefix: &str,
-        max_holders: u32,
-        now: Instant,
-    ) -> Result<Vec<pb::FileVersion>, TrackerError> {
-        validate_file_name(name)?;
-        if !prefix.is_empty() && !crate::chunking::is_content_id_prefix(prefix) {
-            return Err(TrackerError::InvalidArgument(format!(
-                "content id prefix {prefix:?} is not lowercase hexadecimal"
-            )));
+    fn insert_peer(&mut self, record: PeerRecord) -> PeerKey {
+        if let Some(ip) = record.observed_ip {
+            let share = self.per_ip.entry(ip).or_default();
+            share.peers += 1;
         }
-        let limit = match max_holders {
-            0 => DEFAULT_MAX_HOLDERS,
-            n => n.min(DEFAULT_MAX_HOLDERS),
-        } as usize;
-        let expiry = self.expiry();
-        let mut rng = rand::rng();
-        // (complete holders in all, version) so versions sort by what can really be downloaded.
-        let mut versions: Vec<(usize, usize, pb::FileVersion)> = Vec::new();
-        for ((cid, size), holder_ids) in self.index.get(name).into_iter().flatten() {
-            if !cid.to_hex().starts_with(prefix) {
-                continue;
+        let id = record.id.clone();
+        let key = match self.free.pop() {
+            Some(key) => {
+                self.slots[key.0 as usize] = Some(record);
+                key
             }
-            let (mut partial, mut complete): (Vec<pb::Holder>, Vec<pb::Holder>) = holder_ids
-                .iter()
-                .filter_map(|id| {
-                    let peer = self.peers.get(id)?;
-                    (now.duration_since(peer.last_seen) < expiry).then(|| pb::Holder {
-                        peer_id: id.clone(),
-                        address: peer.address.clone(),
-                        partial: peer.files.get(name).is_some_and(|f| f.partial),
-                    })
-                })
-                .partition(|h| h.partial);
-            let (complete_count, total) = (complete.len(), complete.len() + partial.len());
-            if total == 0 {
-                continue;
+            None => {
+                // At most `max_peers` (itself at most `usize::MAX`) slots are in use; a registry
+                // cannot hold 2^32 peers in memory anyway.
+                let key = PeerKey(self.slots.len() as u32);
+                self.slots.push(Some(record));
+                key
             }
-            if total > limit {
-                complete.shuffle(&mut rng);
-                complete.truncate(limit);
-                partial.shuffle(&mut rng);
-                partial.truncate(limit - complete.len());
-            }
-            let mut holders = complete;
-            holders.append(&mut partial);
-            holders.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-            versions.push((
-                complete_count,
-                total,
-                pb::FileVersion {
-                    name: name.to_string(),
-                    size: *size,
-                    content_id: cid.to_hex(),
-                    holders,
-                },
-            ));
-        }
-        if versions.is_empty() {
-            return Err(TrackerError::UnknownFile(if prefix.is_empty() {
-                format!("{name:?}")
-            } else {
-                format!("{name:?} with a content id starting {prefix}")
-            }));
-        }
-        versions.sort_by(|(ca, ta, a), (cb, tb, b)| {
-            cb.cmp(ca)
-                .then_with(|| tb.cmp(ta))
-                .then_with(|| a.content_id.cmp(&b.content_id))
-                .then_with(|| a.size.cmp(&b.size))
-        });
-        Ok(versions.into_iter().map(|(_, _, v)| v).collect())
-    }
-
-    /// Live peers, sorted by id.
-    pub(super) fn peers(&self, now: Instant) -> Vec<pb::PeerSummary> {
-        let mut peers: Vec<pb::PeerSummary> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| now.duration_since(p.last_seen) < self.expiry())
-            .map(|(id, p)| pb::PeerSummary {
-                peer_id: id.clone(),
-                address: p.address.clone(),
-                file_count: p.files.len() as u32,
-                // Sizes are claims: a sum of hostile ones must not overflow.
-                total_bytes: p
-                    .files
-                    .values()
-                    .fold(0u64, |total, f| total.saturating_add(f.size)),
-            })
-            .collect();
-        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-        peers
-    }
-
-    /// Every version offered by a live peer, sorted by name then content id.
-    pub(super) fn files(&self, now: Instant) -> Vec<pb::FileSummary> {
-        let alive = |id: &String| {
-            self.peers
-                .get(id)
-                .is_some_and(|p| now.duration_since(p.last_seen) < self.expiry())
         };
-        self.index
-            .iter()
-            .flat_map(|(name, versions)| {
-                versions.iter().filter_map(move |((cid, size), holders)| {
-                    let live: Vec<&String> = holders.iter().filter(|h| alive(h)).collect();
-                    let partial = live
-                        .iter()
-                        .filter(|h| {
-                            self.peers
-                                .get(**h)
-                                .and_then(|p| p.files.get(name))
-                                .is_some_and(|f| f.partial)
-                        })
-                        .count();
-                    (!live.is_empty()).then(|| pb::FileSummary {
-                        name: name.clone(),
-                        size: *size,
-                        content_id: cid.to_hex(),
-                        holder_count: live.len() as u32,
-                        partial_holder_count: partial as u32,
-                    })
-                })
-            })
-            .collect()
+        self.ids.insert(id, key);
+        key
     }
 
-    fn add_file(&mut self, peer_id: &str, file: CheckedFile) {
-        let Some(peer) = self.peers.get_mut(peer_id) else {
+    fn add_file(&mut self, key: PeerKey, file: CheckedFile) {
+        self.remove_file(key, &file.name);
+        let name = self.index.intern(&file.name);
+        let Some(peer) = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut) else {
             return;
         };
-        let old = peer.files.insert(file.name.clone(), file.record.clone());
-        if let Some(old) = old {
-            self.unindex(peer_id, &file.name, &old);
+        peer.total_bytes += u128::from(file.record.size);
+        let ip = peer.observed_ip;
+        let version = VersionKey {
+            name: name.clone(),
+            content_id: file.record.content_id,
+            size: file.record.size,
+        };
+        let holder = Holder {
+            peer: key,
+            partial: file.record.partial,
+        };
+        peer.files.insert(name, file.record);
+        self.index.insert(version, holder);
+        self.catalog_len += 1;
+        if let Some(share) = ip.and_then(|ip| self.per_ip.get_mut(&ip)) {
+            share.files += 1;
         }
-        self.index
-            .entry(file.name)
-            .or_default()
-            .entry((file.record.content_id, file.record.size))
-            .or_default()
-            .insert(peer_id.to_string());
     }
 
-    fn unindex(&mut self, peer_id: &str, name: &str, record: &FileRecord) {
-        let key: VersionKey = (record.content_id, record.size);
-        if let Some(versions) = self.index.get_mut(name) {
-            if let Some(holders) = versions.get_mut(&key) {
-                holders.remove(peer_id);
-                if holders.is_empty() {
-                    versions.remove(&key);
-                }
-            }
-            if versions.is_empty() {
-                self.index.remove(name);
-            }
+    fn remove_file(&mut self, key: PeerKey, name: &str) {
+        let Some(peer) = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some((name, old)) = peer.files.remove_entry(name) else {
+            return;
+        };
+        peer.total_bytes -= u128::from(old.size);
+        let ip = peer.observed_ip;
+        self.unindex(key, name, &old, ip);
+    }
+
+    /// Takes one catalog entry of `key` out of the index and the counts.
+    fn unindex(&mut self, key: PeerKey, name: Arc<str>, record: &FileRecord, ip: Option<IpAddr>) {
+        let version = VersionKey {
+            name,
+            content_id: record.content_id,
+            size: record.size,
+        };
+        self.index.remove(&version, key);
+        self.catalog_len -= 1;
+        if let Some(share) = ip.and_then(|ip| self.per_ip.get_mut(&ip)) {
+            share.files -= 1;
         }
     }
 
     fn remove_peer(&mut self, peer_id: &str) {
-        if let Some(peer) = self.peers.remove(peer_id) {
-            for (name, record) in &peer.files {
-                self.unindex(peer_id, name, record);
+        let Some(key) = self.ids.remove(peer_id) else {
+            return;
+        };
+        let Some(peer) = self.slots.get_mut(key.0 as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(key);
+        for (name, record) in peer.files {
+            self.unindex(key, name, &record, peer.observed_ip);
+        }
+        if let Some(ip) = peer.observed_ip {
+            if let Some(share) = self.per_ip.get_mut(&ip) {
+                share.peers -= 1;
+                if share.peers == 0 {
+                    self.per_ip.remove(&ip);
+                }
             }
         }
     }

@@ -3,8 +3,10 @@
 //! tracker's debug log can be followed call by call.
 
 use super::address::advertised_address;
+use super::limits::page_size;
+use super::page::{parse_file_token, parse_peer_token};
 use super::registry::{CheckedFile, Registry};
-use super::{TrackerConfig, TrackerError};
+use super::{TrackerConfig, TrackerError, TrackerLimits};
 use crate::names::validate_peer_id;
 use crate::pb::tracker as pb;
 use crate::pb::tracker::tracker_server::Tracker;
@@ -22,10 +24,10 @@ pub(crate) struct TrackerService {
 }
 
 impl TrackerService {
-    /// A service over a fresh registry.
-    pub(crate) fn new(config: &TrackerConfig) -> Self {
+    /// A service over a fresh registry bounded by `limits`.
+    pub(crate) fn new(config: &TrackerConfig, limits: TrackerLimits) -> Self {
         TrackerService {
-            registry: Arc::new(Mutex::new(Registry::new(config.heartbeat_interval))),
+            registry: Arc::new(Mutex::new(Registry::new(config.heartbeat_interval, limits))),
         }
     }
 
@@ -87,34 +89,50 @@ impl Tracker for TrackerService {
         let span = request_span("Register", remote, Some(&request.get_ref().peer_id));
         in_span(span, async move {
             let req = request.into_inner();
-            let address = advertised_address(remote, &req.advertise_host, req.port)?;
+            // The cheap checks first: a batch keeps the registered address.
+            let address = if req.append {
+                None
+            } else {
+                Some(advertised_address(remote, &req.advertise_host, req.port)?)
+            };
             let files = req
                 .files
                 .into_iter()
                 .map(CheckedFile::try_from)
                 .collect::<Result<Vec<_>, _>>()?;
             let count = files.len();
-            let observed_ip = remote.map(|a| a.ip().to_canonical());
-            let registered = self.with(|r| {
-                r.register(
-                    &req.peer_id,
-                    address,
-                    observed_ip,
-                    &req.session_token,
-                    files,
-                    Instant::now(),
-                )
-            })?;
-            tracing::info!(
-                peer = %req.peer_id,
-                address = %registered.address,
-                files = count,
-                "peer registered"
-            );
+            let registered = if let Some(address) = address {
+                let observed_ip = remote.map(|a| a.ip().to_canonical());
+                let registered = self.with(|r| {
+                    r.register(
+                        &req.peer_id,
+                        address,
+                        observed_ip,
+                        &req.session_token,
+                        files,
+                        Instant::now(),
+                    )
+                })?;
+                tracing::info!(
+                    peer = %req.peer_id,
+                    address = %registered.address,
+                    files = count,
+                    "peer registered"
+                );
+                registered
+            } else {
+                // One more batch of a registered peer's catalog.
+                let registered = self.with(|r| {
+                    r.register_more(&req.peer_id, &req.session_token, files, Instant::now())
+                })?;
+                tracing::debug!(peer = %req.peer_id, files = count, "catalog batch added");
+                registered
+            };
             Ok(pb::RegisterResponse {
                 session_token: registered.token,
                 heartbeat_interval_secs: self.interval_secs(),
                 advertised_address: registered.address,
+                catalog_batches: true,
             })
         })
         .await
@@ -225,8 +243,14 @@ impl Tracker for TrackerService {
     ) -> Result<Response<pb::ListPeersResponse>, Status> {
         let span = request_span("ListPeers", request.remote_addr(), None);
         in_span(span, async move {
-            let peers = self.with(|r| r.peers(Instant::now()));
-            Ok(pb::ListPeersResponse { peers })
+            let req = request.into_inner();
+            let after = parse_peer_token(&req.page_token)?;
+            let size = page_size(req.page_size);
+            let (peers, next) = self.with(|r| r.peers_page(after.as_deref(), size, Instant::now()));
+            Ok(pb::ListPeersResponse {
+                peers,
+                next_page_token: next.unwrap_or_default(),
+            })
         })
         .await
     }
@@ -237,8 +261,14 @@ impl Tracker for TrackerService {
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
         let span = request_span("ListFiles", request.remote_addr(), None);
         in_span(span, async move {
-            let files = self.with(|r| r.files(Instant::now()));
-            Ok(pb::ListFilesResponse { files })
+            let req = request.into_inner();
+            let after = parse_file_token(&req.page_token)?;
+            let size = page_size(req.page_size);
+            let (files, next) = self.with(|r| r.files_page(after, size, Instant::now()));
+            Ok(pb::ListFilesResponse {
+                files,
+                next_page_token: next.unwrap_or_default(),
+            })
         })
         .await
     }
@@ -274,7 +304,7 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
-        let service = TrackerService::new(&TrackerConfig::default());
+        let service = TrackerService::new(&TrackerConfig::default(), TrackerLimits::default());
         let heartbeat = |peer_id: &str| {
             Request::new(pb::HeartbeatRequest {
                 peer_id: peer_id.into(),

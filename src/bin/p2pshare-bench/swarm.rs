@@ -225,8 +225,12 @@ pub(crate) async fn start_tracker(
     let token = stop.clone();
     let task = tokio::spawn(async move {
         let config = p2pshare::tracker::TrackerConfig { heartbeat_interval };
+        // Every synthetic peer of the tracker scenario connects from 127.0.0.1: no per-address cap.
+        let limits = p2pshare::tracker::TrackerLimits::unlimited();
+        let security = p2pshare::grpc::ServerSecurity::default();
+        let stopped = async move { token.cancelled().await };
         if let Err(e) =
-            p2pshare::tracker::serve(listener, config, async move { token.cancelled().await }).await
+            p2pshare::tracker::serve_with_limits(listener, config, limits, security, stopped).await
         {
             tracing::error!(error = %e, "bench tracker failed");
         }

@@ -70,6 +70,7 @@ pub(crate) async fn tracker_load(
                         advertise_host: String::new(),
                         files: synthetic_files(p, peers, files_per_peer),
                         session_token: String::new(),
+                        ..Default::default()
                     };
                     let call =
                         tokio::time::timeout(Duration::from_secs(10), client.register(request));

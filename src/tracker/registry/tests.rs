@@ -1,6 +1,38 @@
 //! The registry's unit tests: pure, the caller controls time.
 
 use super::*;
+use crate::tracker::limits::MAX_PAGE_WORK;
+use crate::tracker::page::{parse_file_token, parse_peer_token};
+
+fn registry(heartbeat: Duration) -> Registry {
+    Registry::new(heartbeat, TrackerLimits::default())
+}
+
+/// Every live version, all pages (of 2, to cross page ends).
+fn files(r: &Registry, now: Instant) -> Vec<pb::FileSummary> {
+    let (mut all, mut after) = (Vec::new(), None);
+    loop {
+        let (page, next) = r.files_page(after, 2, now);
+        all.extend(page);
+        match next {
+            Some(token) => after = parse_file_token(&token).unwrap(),
+            None => return all,
+        }
+    }
+}
+
+/// Every live peer, all pages (of 2).
+fn peers(r: &Registry, now: Instant) -> Vec<pb::PeerSummary> {
+    let (mut all, mut after) = (Vec::new(), None);
+    loop {
+        let (page, next) = r.peers_page(after.as_deref(), 2, now);
+        all.extend(page);
+        match next {
+            Some(token) => after = parse_peer_token(&token).unwrap(),
+            None => return all,
+        }
+    }
+}
 
 fn file(name: &str, content: &[u8]) -> CheckedFile {
     CheckedFile::try_from(pb::FileEntry {
@@ -25,7 +57,7 @@ fn partial_file(name: &str, content: &[u8]) -> CheckedFile {
 #[test]
 fn partial_holders_are_listed_apart_and_complete_replaces_partial() {
     let now = Instant::now();
-    let mut r = Registry::new(Duration::from_secs(10));
+    let mut r = registry(Duration::from_secs(10));
     r.register("S", "s:1".into(), None, "", vec![file("f", b"x")], now)
         .unwrap();
     let d = r
@@ -40,20 +72,20 @@ fn partial_holders_are_listed_apart_and_complete_replaces_partial() {
         .map(|h| (h.peer_id.clone(), h.partial))
         .collect();
     assert_eq!(flags, [("D".into(), true), ("S".into(), false)]);
-    let summary = &r.files(now)[0];
+    let summary = &files(&r, now)[0];
     assert_eq!((summary.holder_count, summary.partial_holder_count), (2, 1));
     r.announce("D", &d.token, file("f", b"x"), now).unwrap();
     assert!(r.who_has("f", "", 0, now).unwrap()[0]
         .holders
         .iter()
         .all(|h| !h.partial));
-    assert_eq!(r.files(now)[0].partial_holder_count, 0);
+    assert_eq!(files(&r, now)[0].partial_holder_count, 0);
 }
 
 #[test]
 fn crowded_versions_list_a_bounded_sample_complete_first() {
     let now = Instant::now();
-    let mut r = Registry::new(Duration::from_secs(10));
+    let mut r = registry(Duration::from_secs(10));
     for i in 0..300 {
         let id = format!("P{i}");
         let entry = if i < 5 {
@@ -112,7 +144,7 @@ fn tokens_match_only_when_equal() {
 #[test]
 fn register_announce_withdraw_leave_are_reflected() {
     let now = Instant::now();
-    let mut r = Registry::new(Duration::from_secs(10));
+    let mut r = registry(Duration::from_secs(10));
     let a = r
         .register(
             "A",
@@ -133,13 +165,13 @@ fn register_announce_withdraw_leave_are_reflected() {
     assert_eq!(holders(&r, "f", now), vec![vec!["B"]]);
     r.leave("B", &b.token, now).unwrap();
     assert!(holders(&r, "f", now).is_empty());
-    assert!(r.files(now).is_empty());
+    assert!(files(&r, now).is_empty());
 }
 
 #[test]
 fn versions_are_grouped_by_content_and_sorted_by_holders() {
     let now = Instant::now();
-    let mut r = Registry::new(Duration::from_secs(10));
+    let mut r = registry(Duration::from_secs(10));
     r.register("A", "a:1".into(), None, "", vec![file("f", b"old")], now)
         .unwrap();
     r.register("B", "b:1".into(), None, "", vec![file("f", b"new")], now)
@@ -164,7 +196,7 @@ fn silent_peers_expire_and_tokens_are_enforced() {
     let t0 = Instant::now();
     let home: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
     let elsewhere: Option<IpAddr> = Some("10.6.6.6".parse().unwrap());
-    let mut r = Registry::new(Duration::from_secs(1));
+    let mut r = registry(Duration::from_secs(1));
     let a = r
         .register("A", "a:1".into(), home, "", vec![file("f", b"x")], t0)
         .unwrap();
@@ -226,7 +258,7 @@ fn silent_peers_expire_and_tokens_are_enforced() {
 #[test]
 fn a_wrong_size_makes_its_own_version_and_sizes_never_overflow() {
     let now = Instant::now();
-    let mut r = Registry::new(Duration::from_secs(10));
+    let mut r = registry(Duration::from_secs(10));
     let liar = CheckedFile::try_from(pb::FileEntry {
         name: "f".into(),
         size: u64::MAX,
@@ -246,15 +278,15 @@ fn a_wrong_size_makes_its_own_version_and_sizes_never_overflow() {
     assert_eq!(versions.len(), 2);
     assert_eq!((versions[0].size, versions[0].holders.len()), (4, 2));
     assert_eq!((versions[1].size, versions[1].holders.len()), (u64::MAX, 1));
-    let liar = r.peers(now).into_iter().find(|p| p.peer_id == "L").unwrap();
+    let liar = peers(&r, now)
+        .into_iter()
+        .find(|p| p.peer_id == "L")
+        .unwrap();
     assert_eq!(liar.total_bytes, u64::MAX);
 }
 
-#[test]
-fn catalogs_are_bounded() {
-    let now = Instant::now();
-    let mut r = Registry::new(Duration::from_secs(10));
-    let many: Vec<CheckedFile> = (0..=MAX_FILES_PER_PEER)
+fn numbered(count: usize) -> Vec<CheckedFile> {
+    (0..count)
         .map(|i| CheckedFile {
             name: format!("f{i}"),
             record: FileRecord {
@@ -263,26 +295,187 @@ fn catalogs_are_bounded() {
                 partial: false,
             },
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn catalogs_are_bounded() {
+    let now = Instant::now();
+    let limits = TrackerLimits {
+        max_files_per_peer: 10,
+        ..TrackerLimits::default()
+    };
+    let mut r = Registry::new(Duration::from_secs(10), limits);
+    let many = numbered(11);
     assert!(matches!(
         r.register("A", "a:1".into(), None, "", many.clone(), now),
-        Err(TrackerError::TooManyFiles)
+        Err(TrackerError::TooManyFiles(10))
     ));
-    let full = many[..MAX_FILES_PER_PEER].to_vec();
+    // Duplicate names count once.
+    let mut full = many[..10].to_vec();
+    full.push(many[0].clone());
     let a = r.register("A", "a:1".into(), None, "", full, now).unwrap();
-    let extra = many[MAX_FILES_PER_PEER].clone();
+    let extra = many[10].clone();
     assert!(matches!(
-        r.announce("A", &a.token, extra, now),
-        Err(TrackerError::TooManyFiles)
+        r.announce("A", &a.token, extra.clone(), now),
+        Err(TrackerError::TooManyFiles(10))
+    ));
+    assert!(matches!(
+        r.register_more("A", &a.token, vec![extra], now),
+        Err(TrackerError::TooManyFiles(10))
     ));
     // Replacing a file already in the catalog is not growth.
     r.announce("A", &a.token, many[0].clone(), now).unwrap();
+    r.register_more("A", &a.token, many[..10].to_vec(), now)
+        .unwrap();
+    assert_eq!(r.catalog_len, 10);
+}
+
+#[test]
+fn peers_and_catalog_are_bounded_in_all_and_per_address() {
+    let now = Instant::now();
+    let ip = |n: u8| Some(IpAddr::from([10, 0, 0, n]));
+    let limits = TrackerLimits {
+        max_peers: 4,
+        max_peers_per_ip: 2,
+        max_files_per_peer: 100,
+        max_files_per_ip: 5,
+        max_catalog_files: 8,
+    };
+    let mut r = Registry::new(Duration::from_secs(10), limits);
+    let files = numbered(10);
+    let a = r
+        .register("A", "a:1".into(), ip(1), "", files[..3].to_vec(), now)
+        .unwrap();
+    r.register("B", "b:1".into(), ip(1), "", files[..2].to_vec(), now)
+        .unwrap();
+    // A third peer from the same address, or more files from it, are refused...
+    assert!(matches!(
+        r.register("C", "c:1".into(), ip(1), "", vec![], now),
+        Err(TrackerError::TooManyPeersFrom(_, 2))
+    ));
+    assert!(matches!(
+        r.announce("A", &a.token, files[5].clone(), now),
+        Err(TrackerError::TooManyFilesFrom(_, 5))
+    ));
+    assert!(matches!(
+        r.register("A", "a:1".into(), ip(1), &a.token, files[..4].to_vec(), now),
+        Err(TrackerError::TooManyFilesFrom(_, 5))
+    ));
+    // ...but a peer may re-register within its address's share, and its old entries leave.
+    r.register("A", "a:1".into(), ip(1), &a.token, files[..2].to_vec(), now)
+        .unwrap();
+    // The whole catalog and the whole peer table have their own caps.
+    r.register("C", "c:1".into(), ip(2), "", files[..4].to_vec(), now)
+        .unwrap();
+    assert!(matches!(
+        r.register("D", "d:1".into(), ip(3), "", files[..1].to_vec(), now),
+        Err(TrackerError::CatalogFull(8))
+    ));
+    r.register("D", "d:1".into(), ip(3), "", vec![], now)
+        .unwrap();
+    assert!(matches!(
+        r.register("E", "e:1".into(), ip(4), "", vec![], now),
+        Err(TrackerError::TooManyPeers(4))
+    ));
+    assert_eq!(r.catalog_len, 8);
+    // A refusal changed nothing; leaving gives the room back.
+    assert_eq!(peers(&r, now).len(), 4);
+    let b_token = {
+        let b = r
+            .register("B", "b:1".into(), ip(1), "", vec![], now)
+            .unwrap();
+        b.token
+    };
+    assert_eq!(r.catalog_len, 6);
+    r.leave("B", &b_token, now).unwrap();
+    r.register("E", "e:1".into(), ip(1), "", files[..2].to_vec(), now)
+        .unwrap();
+    assert_eq!(
+        (r.catalog_len, r.per_ip[&IpAddr::from([10, 0, 0, 1])].files),
+        (8, 4)
+    );
+    // Expired peers give their room back when reaped.
+    let later = now + Duration::from_secs(60);
+    assert_eq!(r.expire(later).len(), 4);
+    assert_eq!((r.catalog_len, r.per_ip.len(), r.ids.len()), (0, 0, 0));
+    assert_eq!(r.index.len(), 0);
+}
+
+#[test]
+fn pages_cover_everything_once_in_order_and_skip_the_dead() {
+    let t0 = Instant::now();
+    let mut r = registry(Duration::from_secs(10));
+    let mut tokens = Vec::new();
+    for p in 0..7 {
+        let registered = r
+            .register(
+                &format!("P{p}"),
+                format!("h{p}:1"),
+                None,
+                "",
+                numbered(p + 1),
+                t0,
+            )
+            .unwrap();
+        tokens.push(registered.token);
+    }
+    let listed = files(&r, t0);
+    assert_eq!(listed.len(), 7);
+    assert!(listed.windows(2).all(|w| w[0].name < w[1].name));
+    assert_eq!(listed[0].holder_count, 7);
+    let ids: Vec<String> = peers(&r, t0).into_iter().map(|p| p.peer_id).collect();
+    assert_eq!(ids, ["P0", "P1", "P2", "P3", "P4", "P5", "P6"]);
+    // A page ends after the last key it covered, even one that is gone by the next call.
+    let (first, next) = r.peers_page(None, 3, t0);
+    assert_eq!(first.len(), 3);
+    r.leave("P2", &tokens[2], t0).unwrap();
+    let after = parse_peer_token(&next.unwrap()).unwrap();
+    let (rest, _) = r.peers_page(after.as_deref(), 100, t0);
+    let rest: Vec<&str> = rest.iter().map(|p| p.peer_id.as_str()).collect();
+    assert_eq!(rest, ["P3", "P4", "P5", "P6"]);
+    // Only P6 heartbeats: the others are silent past expiry and not listed, though not reaped.
+    let later = t0 + Duration::from_secs(25);
+    r.heartbeat("P6", &tokens[6], later).unwrap();
+    let listed = files(&r, later + Duration::from_secs(10));
+    assert_eq!(listed.len(), 7);
+    assert!(listed.iter().all(|f| f.holder_count == 1));
+    assert_eq!(peers(&r, later + Duration::from_secs(10)).len(), 1);
+}
+
+#[test]
+fn a_page_does_bounded_work() {
+    let now = Instant::now();
+    let limits = TrackerLimits::unlimited();
+    let mut r = Registry::new(Duration::from_secs(10), limits);
+    // One version with more holders than a page may look at, then a few more.
+    for p in 0..(MAX_PAGE_WORK + 10) {
+        let mut file = numbered(1);
+        if p % 1000 == 0 {
+            file.extend(numbered(3).into_iter().skip(1));
+        }
+        r.register(&format!("P{p:06}"), "h:1".into(), None, "", file, now)
+            .unwrap();
+    }
+    let (page, next) = r.files_page(None, 5000, now);
+    assert_eq!(
+        page.len(),
+        1,
+        "the crowded version is counted whole, then the page ends"
+    );
+    assert_eq!(page[0].holder_count as usize, MAX_PAGE_WORK + 10);
+    let after = parse_file_token(&next.unwrap()).unwrap();
+    let (rest, next) = r.files_page(after, 5000, now);
+    assert_eq!((rest.len(), next), (2, None));
+    let (peers_page, next) = r.peers_page(None, 5000, now);
+    assert_eq!(peers_page.len(), 5000);
+    assert!(next.is_some());
 }
 
 #[test]
 fn bad_input_is_refused() {
     let now = Instant::now();
-    let mut r = Registry::new(Duration::from_secs(1));
+    let mut r = registry(Duration::from_secs(1));
     assert!(r
         .register("a/b", "x:1".into(), None, "", vec![], now)
         .is_err());

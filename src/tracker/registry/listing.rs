@@ -1,0 +1,176 @@
+//! What the registry answers: `WhoHas` (the versions of one name and a sample of their live
+//! holders) and the pages of `ListPeers` and `ListFiles`. Reads only; every answer costs what it
+//! returns plus a bounded amount of skipping ([`MAX_PAGE_WORK`]).
+
+use super::index::VersionKey;
+use super::{Registry, DEFAULT_MAX_HOLDERS};
+use crate::names::validate_file_name;
+use crate::pb::tracker as pb;
+use crate::tracker::limits::MAX_PAGE_WORK;
+use crate::tracker::page::{file_token, peer_token, FilePosition};
+use crate::tracker::TrackerError;
+use rand::seq::SliceRandom;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A page's first allocation: pages are usually full, but an allocation should not follow a
+/// page size the caller chose before any entry was found.
+const DEFAULT_PAGE_HINT: usize = 1024;
+
+impl Registry {
+    /// The versions of `name` (optionally only content ids starting with `prefix`) with their live
+    /// holders, most complete holders first. A version with more than `max_holders` holders (0 or
+    /// more than [`DEFAULT_MAX_HOLDERS`]: that) lists a random sample of them, complete holders
+    /// before partial ones.
+    pub(in crate::tracker) fn who_has(
+        &self,
+        name: &str,
+        prefix: &str,
+        max_holders: u32,
+        now: Instant,
+    ) -> Result<Vec<pb::FileVersion>, TrackerError> {
+        validate_file_name(name)?;
+        if !prefix.is_empty() && !crate::chunking::is_content_id_prefix(prefix) {
+            return Err(TrackerError::InvalidArgument(format!(
+                "content id prefix {prefix:?} is not lowercase hexadecimal"
+            )));
+        }
+        let limit = match max_holders {
+            0 => DEFAULT_MAX_HOLDERS,
+            n => n.min(DEFAULT_MAX_HOLDERS),
+        } as usize;
+        let mut rng = rand::rng();
+        // (complete holders in all, version) so versions sort by what can really be downloaded.
+        let mut versions: Vec<(usize, usize, pb::FileVersion)> = Vec::new();
+        for (key, holders) in self.index.of_name(name) {
+            let cid = key.content_id.to_hex();
+            if !cid.starts_with(prefix) {
+                continue;
+            }
+            let (mut partial, mut complete): (Vec<pb::Holder>, Vec<pb::Holder>) = holders
+                .as_slice()
+                .iter()
+                .filter_map(|h| {
+                    let peer = self.peer(h.peer)?;
+                    self.alive(peer, now).then(|| pb::Holder {
+                        peer_id: peer.id.to_string(),
+                        address: peer.address.to_string(),
+                        partial: h.partial,
+                    })
+                })
+                .partition(|h| h.partial);
+            let (complete_count, total) = (complete.len(), complete.len() + partial.len());
+            if total == 0 {
+                continue;
+            }
+            if total > limit {
+                complete.shuffle(&mut rng);
+                complete.truncate(limit);
+                partial.shuffle(&mut rng);
+                partial.truncate(limit - complete.len());
+            }
+            let mut holders = complete;
+            holders.append(&mut partial);
+            holders.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+            versions.push((
+                complete_count,
+                total,
+                pb::FileVersion {
+                    name: name.to_string(),
+                    size: key.size,
+                    content_id: cid,
+                    holders,
+                },
+            ));
+        }
+        if versions.is_empty() {
+            return Err(TrackerError::UnknownFile(if prefix.is_empty() {
+                format!("{name:?}")
+            } else {
+                format!("{name:?} with a content id starting {prefix}")
+            }));
+        }
+        versions.sort_by(|(ca, ta, a), (cb, tb, b)| {
+            cb.cmp(ca)
+                .then_with(|| tb.cmp(ta))
+                .then_with(|| a.content_id.cmp(&b.content_id))
+                .then_with(|| a.size.cmp(&b.size))
+        });
+        Ok(versions.into_iter().map(|(_, _, v)| v).collect())
+    }
+
+    /// A page of live peers in id order: at most `size` of them after peer id `after`, and the
+    /// token of the next page (`None` on the last). Looks at no more than [`MAX_PAGE_WORK`]
+    /// peers.
+    pub(in crate::tracker) fn peers_page(
+        &self,
+        after: Option<&str>,
+        size: usize,
+        now: Instant,
+    ) -> (Vec<pb::PeerSummary>, Option<String>) {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = Vec::with_capacity(size.min(self.ids.len()));
+        let (mut work, mut last) = (0, None);
+        for (id, &key) in self.ids.range::<str, _>((start, Bound::Unbounded)) {
+            if page.len() >= size || work >= MAX_PAGE_WORK {
+                return (page, last.map(peer_token));
+            }
+            work += 1;
+            last = Some(&**id);
+            let Some(peer) = self.peer(key).filter(|p| self.alive(p, now)) else {
+                continue;
+            };
+            page.push(pb::PeerSummary {
+                peer_id: id.to_string(),
+                address: peer.address.to_string(),
+                file_count: u32::try_from(peer.files.len()).unwrap_or(u32::MAX),
+                total_bytes: u64::try_from(peer.total_bytes).unwrap_or(u64::MAX),
+            });
+        }
+        (page, None)
+    }
+
+    /// A page of the versions offered by live peers, in (name, content id, size) order: at most
+    /// `size` of them after `after`, and the token of the next page (`None` on the last). Looks
+    /// at no more than about [`MAX_PAGE_WORK`] holders (a version is always counted whole).
+    pub(in crate::tracker) fn files_page(
+        &self,
+        after: Option<FilePosition>,
+        size: usize,
+        now: Instant,
+    ) -> (Vec<pb::FileSummary>, Option<String>) {
+        let after = after.map(|p| VersionKey {
+            name: Arc::from(p.name),
+            content_id: p.content_id,
+            size: p.size,
+        });
+        let mut page = Vec::with_capacity(size.min(DEFAULT_PAGE_HINT));
+        let (mut work, mut last) = (0, None);
+        for (key, holders) in self.index.after(after) {
+            if page.len() >= size || work >= MAX_PAGE_WORK {
+                let token = last.map(|k: &VersionKey| file_token(&k.name, &k.content_id, k.size));
+                return (page, token);
+            }
+            last = Some(key);
+            let (mut live, mut partial) = (0u32, 0u32);
+            for holder in holders.as_slice() {
+                work += 1;
+                if self.peer(holder.peer).is_some_and(|p| self.alive(p, now)) {
+                    live += 1;
+                    partial += u32::from(holder.partial);
+                }
+            }
+            if live > 0 {
+                page.push(pb::FileSummary {
+                    name: key.name.to_string(),
+                    size: key.size,
+                    content_id: key.content_id.to_hex(),
+                    holder_count: live,
+                    partial_holder_count: partial,
+                });
+            }
+        }
+        (page, None)
+    }
+}
