@@ -327,11 +327,15 @@ impl PeerNode {
 
     async fn heartbeat_loop(self: Arc<Self>) {
         let mut tracker_down = false;
+        // After a refusal (the tracker is at one of its caps), registering again waits longer
+        // each time (up to a minute) instead of resending a full catalog every second.
+        let mut refused: Option<Duration> = None;
         loop {
-            let wait = self
-                .tracker
-                .session()
-                .map_or(Duration::from_secs(1), |s| s.heartbeat_interval);
+            let wait = match (self.tracker.session(), refused) {
+                (Some(session), _) => session.heartbeat_interval,
+                (None, Some(backoff)) => backoff,
+                (None, None) => Duration::from_secs(1),
+            };
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -345,6 +349,14 @@ impl PeerNode {
             // A tracker slow to answer must not hold up shutdown.
             let Some(result) = self.shutdown.run_until_cancelled(beat).await else {
                 return;
+            };
+            refused = match &result {
+                Err(e) if e.code() == Some(tonic::Code::ResourceExhausted) => {
+                    Some(refused.map_or(Duration::from_secs(2), |b| {
+                        (b * 2).min(Duration::from_secs(60))
+                    }))
+                }
+                _ => None,
             };
             match result {
                 Ok(()) if tracker_down => {
