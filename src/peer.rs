@@ -352,9 +352,7 @@ impl PeerNode {
             };
             refused = match &result {
                 Err(e) if e.code() == Some(tonic::Code::ResourceExhausted) => {
-                    Some(refused.map_or(Duration::from_secs(2), |b| {
-                        (b * 2).min(Duration::from_secs(60))
-                    }))
+                    Some(refusal_backoff(refused))
                 }
                 _ => None,
             };
@@ -420,6 +418,14 @@ impl PeerNode {
     }
 }
 
+/// How long to wait before registering again after the tracker refused (RESOURCE_EXHAUSTED),
+/// given the previous wait: 2 s, doubling to a minute.
+fn refusal_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(Duration::from_secs(2), |b| {
+        (b * 2).min(Duration::from_secs(60))
+    })
+}
+
 /// How the tracker is told of a download in progress that serves its verified pieces.
 fn partial_entry(file: &GrowingFile) -> FileEntry {
     FileEntry {
@@ -436,5 +442,22 @@ fn entry(file: &SharedFile) -> FileEntry {
         size: file.size,
         content_id: file.content_id().to_hex(),
         partial: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registering_after_a_refusal_backs_off_to_a_minute() {
+        let mut wait = None;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let next = refusal_backoff(wait);
+            seen.push(next.as_secs());
+            wait = Some(next);
+        }
+        assert_eq!(seen, [2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }
