@@ -48,7 +48,7 @@ pub enum DownloadError {
     Store(#[from] StoreError),
     /// The disk holding the download filled up: what was kept, and where.
     #[error(transparent)]
-    DiskFull(#[from] DiskFull),
+    DiskFull(Box<DiskFull>),
     /// Local disk error.
     #[error("writing the download failed: {0}")]
     Io(#[from] std::io::Error),
@@ -56,6 +56,12 @@ pub enum DownloadError {
     /// into `files/` are kept, so a later `get` resumes.
     #[error("download cancelled")]
     Cancelled,
+}
+
+impl From<DiskFull> for DownloadError {
+    fn from(e: DiskFull) -> Self {
+        DownloadError::DiskFull(Box::new(e))
+    }
 }
 
 impl From<TrackerLinkError> for DownloadError {
