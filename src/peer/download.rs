@@ -6,8 +6,11 @@
 //!    for, else the one with most complete holders).
 //! 2. Hunt for the manifest: up to 16 known holders asked at once, 1.5 s deadline each; the first
 //!    that matches the content id wins (`contact`). Liars are banned, the silent backed off.
-//! 3. Open the partial file under `.p2pshare/partial/` (never in `files/`); on a resumed download,
-//!    re-verify the pieces recorded as done and keep the good ones (`partial`). A download into
+//! 3. Open the partial file under `.p2pshare/partial/` (never in `files/`) and reserve its space,
+//!    so a full disk fails the download before anything is fetched; on a resumed download,
+//!    re-verify the pieces recorded as done and keep the good ones (`partial`). A download that
+//!    stops short (cancelled, holders gone, disk full) keeps its verified pieces, gives back the
+//!    space of the others, and says so ([`DiskFull`] for a full disk). A download into
 //!    `files/` serves its verified pieces from now on (a *partial holder*, announced to the
 //!    tracker in the background).
 //! 4. The transfer (`transfer`): sessions with at most `max_holders` holders at once, chosen at
@@ -37,17 +40,20 @@ mod worker;
 
 pub use crate::progress::Progress;
 pub(crate) use partial::ActiveDownloads;
-pub use request::{Destination, DownloadError, DownloadReport, DownloadRequest, HolderReport};
+pub use request::{
+    Destination, DiskFull, DownloadError, DownloadReport, DownloadRequest, HolderReport, Kept,
+};
 pub use transfer::DEFAULT_MAX_HOLDERS;
 
 use crate::grpc::ClientSecurity;
 use crate::names::validate_file_name;
 use crate::peer::book::SwarmBook;
-use crate::peer::store::{GrowingFile, SharedFile, Store};
+use crate::peer::store::{GrowingFile, SharedFile, Store, StoreError};
 use crate::peer::tracker_link::TrackerLink;
 use contact::Identity;
 use known::KnownHolders;
-use partial::Partial;
+use partial::{kept_bytes, OpenError, Partial};
+use request::is_disk_full;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,20 +176,42 @@ async fn download(
     let geometry = manifest.geometry();
     progress.total.store(geometry.size(), Ordering::Relaxed);
 
-    // Where it goes, and what we already have of it.
+    // Where it goes, and what we already have of it. Its space is reserved now: a disk too small
+    // fails the download here, before anything is fetched.
     let claim = match request.destination {
         Destination::Files => ctx.active.claim(content_id),
         Destination::Scratch => None,
     };
-    let (partial, done) = {
-        let dir = ctx.store.partial_dir().to_path_buf();
+    let partial_dir = ctx.store.partial_dir().to_path_buf();
+    let opened = {
+        let dir = partial_dir.clone();
         let manifest = manifest.clone();
         let resumable = claim.is_some();
         let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || Partial::open(&dir, &manifest, resumable, &cancel))
             .await
-            .map_err(std::io::Error::other)??
-            .ok_or(DownloadError::Cancelled)?
+            .map_err(std::io::Error::other)?
+    };
+    let (partial, done) = match opened {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return Err(DownloadError::Cancelled),
+        Err(OpenError::NoSpace {
+            source,
+            needed,
+            free,
+            kept,
+        }) => {
+            return Err(DiskFull {
+                name: request.name.clone(),
+                dir: partial_dir,
+                needed: Some(needed),
+                free,
+                kept,
+                source,
+            }
+            .into())
+        }
+        Err(OpenError::Io(e)) => return Err(e.into()),
     };
     let resumed: u64 = (0..geometry.piece_count())
         .filter(|&p| done[p as usize])
@@ -234,15 +262,28 @@ async fn download(
     let missing = transfer.missing();
     let holder_reports = transfer.holder_reports();
     let fetched = transfer.fetched();
+    let verified = transfer.snapshot();
     drop(transfer);
+    // Stopped short: the verified pieces stay for a resume, the space of the rest goes back.
     if let Err(e) = outcome {
-        partial.remove_unless_resumable();
+        let (kept, free) = keep_verified(partial, verified).await?;
+        if is_disk_full(&e) {
+            return Err(DiskFull {
+                name: request.name.clone(),
+                dir: partial_dir,
+                needed: Some(geometry.size() - kept_bytes(&kept)),
+                free,
+                kept,
+                source: e,
+            }
+            .into());
+        }
         return Err(e.into());
     }
     // Cancelled, even with every piece in: the fsync and move could outlast a prompt exit, and
     // the next `get` finds every piece verified and only does those.
     if cancel.is_cancelled() {
-        partial.remove_unless_resumable();
+        keep_verified(partial, verified).await?;
         tracing::info!(
             fetched,
             missing,
@@ -251,7 +292,7 @@ async fn download(
         return Err(DownloadError::Cancelled);
     }
     if missing > 0 {
-        partial.remove_unless_resumable();
+        keep_verified(partial, verified).await?;
         let details = holder_reports
             .iter()
             .map(|h| match &h.dropped {
@@ -364,8 +405,23 @@ impl Drop for Sharing {
     }
 }
 
+/// Keeps the verified pieces of a download that stopped short (giving back the space of the
+/// others), on a blocking thread; returns what is kept and the space free after.
+async fn keep_verified(
+    partial: Partial,
+    verified: Vec<bool>,
+) -> Result<(Kept, Option<u64>), DownloadError> {
+    let kept = tokio::task::spawn_blocking(move || {
+        let kept = partial.keep_verified(&verified);
+        (kept, partial::free_space(&partial.file))
+    });
+    Ok(kept.await.map_err(std::io::Error::other)?)
+}
+
 /// Makes the finished partial file durable and moves it into `files/` (the store refuses to
 /// replace different content under the name); the partial file and its record are gone after.
+/// A full disk on the way keeps them (every piece verified), so that the next `get` only moves
+/// the file in.
 async fn adopt(
     store: Arc<Store>,
     partial: Partial,
@@ -373,15 +429,40 @@ async fn adopt(
     manifest: Arc<crate::chunking::Manifest>,
 ) -> Result<SharedFile, DownloadError> {
     tokio::task::spawn_blocking(move || -> Result<SharedFile, DownloadError> {
-        partial.file.sync_all()?;
-        let result = store.adopt(&partial.path, &name, manifest);
-        if let Some(record) = &partial.record {
-            let _ = std::fs::remove_file(record);
+        let disk_full = |source: std::io::Error, dir: std::path::PathBuf| {
+            let every = vec![true; manifest.geometry().piece_count() as usize];
+            let kept = partial.keep_verified(&every);
+            DownloadError::from(DiskFull {
+                name: name.clone(),
+                dir,
+                needed: None,
+                free: partial::free_space(&partial.file),
+                kept,
+                source,
+            })
+        };
+        if let Err(e) = partial.file.sync_all() {
+            let dir = partial.path.parent().unwrap_or(&partial.path).to_path_buf();
+            return Err(if is_disk_full(&e) {
+                disk_full(e, dir)
+            } else {
+                e.into()
+            });
         }
-        if result.is_err() {
-            let _ = std::fs::remove_file(&partial.path);
+        match store.adopt(&partial.path, &name, manifest.clone()) {
+            Ok(file) => {
+                partial.remove_record();
+                Ok(file)
+            }
+            Err(StoreError::File { path, source }) if is_disk_full(&source) => {
+                let dir = path.parent().unwrap_or(&path).to_path_buf();
+                Err(disk_full(source, dir))
+            }
+            Err(e) => {
+                partial.remove();
+                Err(e.into())
+            }
         }
-        Ok(result?)
     })
     .await
     .map_err(std::io::Error::other)?

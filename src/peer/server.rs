@@ -488,6 +488,7 @@ impl Peer for PeerService {
             runtime: tokio::runtime::Handle::current(),
             _permit: permit,
             slot: Some(slot),
+            check: stream::PieceCheck::new(manifest, self.store.clone()),
         };
         // Spans do not follow a closure onto a blocking thread by themselves.
         tokio::task::spawn_blocking(move || {

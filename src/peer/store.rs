@@ -93,6 +93,13 @@ pub struct Store {
     cache: HashCache,
     /// Downloads in progress whose verified pieces are served (partial holder).
     growing: GrowingFiles,
+    /// Shared files found not to match their manifest when served (changed in place, even with
+    /// size and mtime put back): the next rescan hashes them again, whatever their size and mtime
+    /// say. At most one entry per shared file.
+    suspects: Mutex<HashSet<String>>,
+    /// Woken when a file becomes a suspect, so the watcher rescans now rather than at its next
+    /// full pass.
+    suspected: tokio::sync::Notify,
 }
 
 fn mtime_ns(meta: &fs::Metadata) -> u128 {
@@ -128,6 +135,8 @@ impl Store {
                 partial_dir,
                 shared: Mutex::new(BTreeMap::new()),
                 growing: GrowingFiles::default(),
+                suspects: Mutex::default(),
+                suspected: tokio::sync::Notify::new(),
             },
             created,
         ))
@@ -167,6 +176,33 @@ impl Store {
         self.lock().get(name).cloned()
     }
 
+    /// The Peer service read `name` and found it no longer holds `content_id`: unless the name is
+    /// shared with other content by now (or not at all), the next rescan hashes it again, and
+    /// [`Store::suspected`] wakes whoever runs rescans.
+    pub(crate) fn content_changed(&self, name: &str, content_id: ContentId) {
+        if self.get(name).is_none_or(|f| f.content_id() != content_id) {
+            return;
+        }
+        let new = self.lock_suspects().insert(name.to_string());
+        if new {
+            self.suspected.notify_one();
+        }
+    }
+
+    /// Woken when a shared file is found changed (see [`Store::content_changed`]).
+    pub(crate) fn suspected(&self) -> &tokio::sync::Notify {
+        &self.suspected
+    }
+
+    /// True if some shared file waits to be hashed again.
+    pub(crate) fn has_suspects(&self) -> bool {
+        !self.lock_suspects().is_empty()
+    }
+
+    fn lock_suspects(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.suspects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A shared file with this content (any name).
     pub fn by_content(&self, content_id: &ContentId) -> Option<SharedFile> {
         self.lock()
@@ -185,6 +221,10 @@ impl Store {
     /// not: they are still being written, and hashing them now could share a half-written file.
     /// Once `stop` is cancelled it returns what it has done so far (and removes nothing), so a
     /// rescan hashing a large file does not hold up the node's shutdown.
+    ///
+    /// Files found changed when served are hashed again (not taken from the table or the cache):
+    /// new content is reported as added (to be announced again), and a file that cannot be hashed
+    /// is no longer shared (reported removed). One that still matches is left as it was.
     pub(crate) fn rescan_except(
         &self,
         unsettled: impl Fn(&str) -> bool,
@@ -198,6 +238,7 @@ impl Store {
         let files_dir_real = fs::canonicalize(&self.files_dir).unwrap_or(self.files_dir.clone());
         // A set, not a list: the removal pass below asks it once per shared file.
         let mut seen = HashSet::new();
+        let suspects = self.lock_suspects().clone();
         for entry in entries.flatten() {
             if stop.is_cancelled() {
                 return Ok(changes);
@@ -223,14 +264,19 @@ impl Store {
             };
             seen.insert(name.clone());
             let (size, mtime) = (meta.len(), mtime_ns(&meta));
-            if self
-                .lock()
-                .get(&name)
-                .is_some_and(|f| f.size == size && f.mtime_ns == mtime)
+            let suspect = suspects.contains(&name);
+            let known = self.lock().get(&name).cloned();
+            if !suspect
+                && known
+                    .as_ref()
+                    .is_some_and(|f| f.size == size && f.mtime_ns == mtime)
             {
                 continue;
             }
-            let manifest = match self.cache.lookup(&name, size, mtime) {
+            let cached = (!suspect)
+                .then(|| self.cache.lookup(&name, size, mtime))
+                .flatten();
+            let manifest = match cached {
                 Some(m) => m,
                 None => match hash_file(&path, size, mtime, stop) {
                     Ok(m) => {
@@ -242,10 +288,22 @@ impl Store {
                         // Changing under us or unreadable: try again at the next scan.
                         changes.skipped.push(format!("{name:?}: {e}"));
                         seen.remove(&name);
+                        self.lock_suspects().remove(&name);
                         continue;
                     }
                 },
             };
+            if suspect {
+                self.lock_suspects().remove(&name);
+                let same = known
+                    .is_some_and(|f| f.content_id() == manifest.content_id() && f.size == size);
+                if same {
+                    // It matches what was announced after all (a read raced a write that was
+                    // undone): nothing to tell anyone.
+                    continue;
+                }
+                tracing::warn!(file = %name, "changed in place since it was shared: announcing its new content");
+            }
             let file = SharedFile {
                 name: name.clone(),
                 path,
@@ -269,6 +327,8 @@ impl Store {
                 changes.removed.push(name);
             }
         }
+        // Suspects that vanished need no second look.
+        self.lock_suspects().retain(|name| seen.contains(name));
         if !changes.removed.is_empty() {
             self.cache.retain(|name| seen.contains(name));
         }
@@ -404,151 +464,4 @@ pub(crate) fn unix_now() -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rescan_shares_regular_files_and_follows_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, created) = Store::open(dir.path()).unwrap();
-        assert!(created);
-        fs::write(store.files_dir().join("a.txt"), b"alpha").unwrap();
-        fs::create_dir(store.files_dir().join("sub")).unwrap();
-        let outside = dir.path().join("secret");
-        fs::write(&outside, b"secret").unwrap();
-        std::os::unix::fs::symlink(&outside, store.files_dir().join("link")).unwrap();
-        std::os::unix::fs::symlink(
-            store.files_dir().join("a.txt"),
-            store.files_dir().join("inner"),
-        )
-        .unwrap();
-
-        let changes = store.rescan().unwrap();
-        let mut names: Vec<_> = changes.added.iter().map(|f| f.name.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["a.txt", "inner"]);
-        assert!(changes.skipped.iter().any(|s| s.contains("link")));
-        assert_eq!(
-            store.get("a.txt").unwrap().content_id(),
-            ContentId::of(b"alpha")
-        );
-
-        // Unchanged: nothing to do.
-        let again = store.rescan().unwrap();
-        assert!(again.added.is_empty() && again.removed.is_empty());
-
-        fs::remove_file(store.files_dir().join("inner")).unwrap();
-        fs::write(store.files_dir().join("b"), b"beta").unwrap();
-        let changes = store.rescan().unwrap();
-        assert_eq!(changes.removed, ["inner"]);
-        assert_eq!(changes.added.len(), 1);
-        assert_eq!(changes.added[0].name, "b");
-    }
-
-    #[test]
-    fn files_still_being_written_are_left_as_they_are() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path()).unwrap();
-        fs::write(store.files_dir().join("a"), b"first").unwrap();
-        store.rescan().unwrap();
-        fs::write(store.files_dir().join("a"), b"second, longer").unwrap();
-        fs::write(store.files_dir().join("b"), b"half").unwrap();
-        fs::write(store.files_dir().join("c"), b"done").unwrap();
-
-        let writing = |name: &str| ["a", "b"].contains(&name);
-        let changes = store
-            .rescan_except(writing, &CancellationToken::new())
-            .unwrap();
-        let added: Vec<_> = changes.added.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(added, ["c"]);
-        assert!(changes.removed.is_empty(), "{changes:?}");
-        assert_eq!(
-            store.get("a").unwrap().content_id(),
-            ContentId::of(b"first")
-        );
-        assert!(store.get("b").is_none());
-
-        // Closed: the next rescan takes them.
-        let changes = store.rescan().unwrap();
-        let mut added: Vec<_> = changes.added.iter().map(|f| f.name.as_str()).collect();
-        added.sort();
-        assert_eq!(added, ["a", "b"]);
-        assert_eq!(
-            store.get("a").unwrap().content_id(),
-            ContentId::of(b"second, longer")
-        );
-    }
-
-    #[test]
-    fn a_stopped_rescan_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path()).unwrap();
-        fs::write(store.files_dir().join("a"), b"alpha").unwrap();
-        store.rescan().unwrap();
-        fs::remove_file(store.files_dir().join("a")).unwrap();
-        fs::write(store.files_dir().join("b"), b"beta").unwrap();
-        let stop = CancellationToken::new();
-        stop.cancel();
-        let changes = store.rescan_except(|_| false, &stop).unwrap();
-        assert!(changes.added.is_empty() && changes.removed.is_empty());
-        assert!(store.get("a").is_some() && store.get("b").is_none());
-        // Hashing itself hears the token.
-        let err = hash_file(&store.files_dir().join("b"), 4, 0, &stop).unwrap_err();
-        assert_eq!(err.to_string(), "stopped");
-    }
-
-    #[test]
-    fn a_restart_uses_the_cache_and_a_corrupt_cache_costs_only_a_rehash() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (store, _) = Store::open(dir.path()).unwrap();
-            fs::write(store.files_dir().join("a"), b"alpha").unwrap();
-            store.rescan().unwrap();
-        }
-        let cache = dir.path().join(".p2pshare/hash-cache.json");
-        let text = fs::read_to_string(&cache).unwrap();
-        assert!(text.contains(&ContentId::of(b"alpha").to_hex()));
-        // Poison the cached id: the store must notice and rehash, never trust it.
-        let poisoned = text.replace(
-            &format!("\"content_id\":\"{}\"", ContentId::of(b"alpha")),
-            &format!("\"content_id\":\"{}\"", ContentId::of(b"x")),
-        );
-        assert_ne!(poisoned, text);
-        fs::write(&cache, poisoned).unwrap();
-        let (store, created) = Store::open(dir.path()).unwrap();
-        assert!(!created);
-        store.rescan().unwrap();
-        assert_eq!(
-            store.get("a").unwrap().content_id(),
-            ContentId::of(b"alpha")
-        );
-    }
-
-    #[test]
-    fn adopt_never_replaces_different_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path()).unwrap();
-        fs::write(store.files_dir().join("f"), b"mine").unwrap();
-        store.rescan().unwrap();
-        let part = store.partial_dir().join("x.part");
-        fs::write(&part, b"theirs").unwrap();
-        let err = store
-            .adopt(&part, "f", Arc::new(Manifest::of_bytes(b"theirs")))
-            .unwrap_err();
-        assert!(matches!(err, StoreError::NameTaken(_)));
-        assert_eq!(fs::read(store.files_dir().join("f")).unwrap(), b"mine");
-
-        fs::write(&part, b"mine").unwrap();
-        store
-            .adopt(&part, "f", Arc::new(Manifest::of_bytes(b"mine")))
-            .unwrap();
-        assert!(!part.exists());
-
-        fs::write(&part, b"new").unwrap();
-        let adopted = store
-            .adopt(&part, "g", Arc::new(Manifest::of_bytes(b"new")))
-            .unwrap();
-        assert_eq!(fs::read(&adopted.path).unwrap(), b"new");
-        assert!(store.get("g").is_some());
-    }
-}
+mod tests;

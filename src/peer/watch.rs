@@ -12,6 +12,11 @@
 //! be created because of the inotify limits). It also shares a file left open for writing but
 //! untouched for a whole interval, as the plain periodic rescan always did.
 //!
+//! Content changed in place with its size and mtime put back raises no event a rescan could act
+//! on; the Peer service finds it when a piece it reads no longer matches, and the store's
+//! "suspect" signal wakes the loop, whose rescan hashes the file again and announces its new
+//! content (or withdraws it), well within one rescan interval.
+//!
 //! Non-goal: reacting to each event by itself. Events only say "look again"; the store's rescan
 //! (size and mtime against what is shared, the hash cache, hashing that fails if the file
 //! changes meanwhile) stays the one place that decides what is shared.
@@ -71,6 +76,7 @@ async fn watch_loop(
             _ = node.shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(next_full) => true,
             _ = events.wake.notified() => false,
+            _ = node.store().suspected().notified() => false,
         };
         if full {
             next_full = Instant::now() + interval;
@@ -92,7 +98,7 @@ async fn watch_loop(
         if batch.folder_lost && watcher.take().is_some() {
             tracing::debug!("{} moved or removed: no longer watched", folder.display());
         }
-        if !(full || batch.dirty) {
+        if !(full || batch.dirty || node.store().has_suspects()) {
             continue;
         }
         let (scanner, seen) = (node.clone(), events.clone());

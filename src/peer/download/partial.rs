@@ -5,9 +5,23 @@
 //! A resumable partial is `<content id>.part` (the file, at its full size, pieces written at their
 //! offsets) beside `<content id>.done` (one byte per piece, 1 = verified). The record is trusted
 //! for nothing: on a resume each piece it claims is hashed again before it counts.
+//!
+//! Disk space, so that a full disk loses nothing and wastes nothing:
+//! * The partial file is reserved at its full size when it is opened (`fallocate`): a disk too
+//!   small is found before anything is fetched, and the download's writes need no new space.
+//! * The record is created at its full size together with the partial file and rewritten in
+//!   place, so saving progress never needs new space (no `.done.tmp` beside it).
+//! * A download that stops short keeps its verified pieces and gives back the space of the others
+//!   (holes punched), so a stopped download holds only what it verified; one with nothing verified
+//!   leaves nothing behind.
+//! * On a filesystem without `fallocate` (ext2, some network and FUSE filesystems) the file stays
+//!   sparse and a full disk shows up as a failed write instead, handled the same way.
 
-use crate::chunking::{ContentId, Manifest};
+use super::request::{is_disk_full, Kept};
+use crate::chunking::{ContentId, Geometry, Manifest};
+use rustix::fs::FallocateFlags;
 use std::collections::HashSet;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -47,81 +61,191 @@ impl ActiveDownloads {
     }
 }
 
+/// Why a partial file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum OpenError {
+    /// No room to reserve the file or create its record. What was there before is kept (the
+    /// verified pieces of an earlier attempt); nothing new is left behind.
+    #[error("no space to reserve the partial file: {source}")]
+    NoSpace {
+        /// The system's error.
+        source: io::Error,
+        /// Bytes not yet stored.
+        needed: u64,
+        /// Bytes free on the disk, when known.
+        free: Option<u64>,
+        /// What is on disk now.
+        kept: Kept,
+    },
+    /// Any other local error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The record of verified pieces: its path and the file, open for rewriting in place.
+struct Record {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
 /// The partial file of a download and its record of verified pieces.
 pub(super) struct Partial {
     pub(super) path: PathBuf,
     /// `<content id>.done`: one byte per piece, 1 = verified. None for scratch downloads.
-    pub(super) record: Option<PathBuf>,
+    record: Option<Record>,
     pub(super) file: std::fs::File,
+    geometry: Geometry,
 }
 
 impl Partial {
-    /// Opens the resumable partial file for `manifest` (or a fresh scratch one) and returns it
-    /// with the pieces already verified in it. Blocking (a resume hashes what it keeps). `None`
-    /// if `cancel` fired while the recorded pieces were being checked: the record is left as it
-    /// was, so nothing already verified is forgotten.
+    /// Opens the resumable partial file for `manifest` (or a fresh scratch one), reserves its
+    /// space, and returns it with the pieces already verified in it. Blocking (a resume hashes
+    /// what it keeps). `None` if `cancel` fired while the recorded pieces were being checked: the
+    /// record is left as it was, so nothing already verified is forgotten.
     pub(super) fn open(
         dir: &Path,
         manifest: &Manifest,
         resumable: bool,
         cancel: &CancellationToken,
-    ) -> std::io::Result<Option<(Self, Vec<bool>)>> {
-        let size = manifest.geometry().size();
-        let pieces = manifest.geometry().piece_count() as usize;
+    ) -> Result<Option<(Self, Vec<bool>)>, OpenError> {
+        let geometry = manifest.geometry();
+        let size = geometry.size();
+        let pieces = geometry.piece_count() as usize;
         if !resumable {
             let tmp = tempfile::Builder::new()
                 .prefix(&format!("{}.", manifest.content_id().short()))
                 .suffix(".tmp")
                 .tempfile_in(dir)?;
             let (file, path) = tmp.keep().map_err(|e| e.error)?;
-            file.set_len(size)?;
             let partial = Partial {
                 path,
                 record: None,
                 file,
+                geometry,
             };
-            return Ok(Some((partial, vec![false; pieces])));
+            let none = vec![false; pieces];
+            if let Err(e) = partial.file.set_len(size).and_then(|()| partial.reserve()) {
+                partial.remove();
+                return Err(partial.open_error(e, &none));
+            }
+            return Ok(Some((partial, none)));
         }
         let id = manifest.content_id().to_hex();
         let path = dir.join(format!("{id}.part"));
-        let record = dir.join(format!("{id}.done"));
+        let record_path = dir.join(format!("{id}.done"));
+        // Left by versions that saved the record through a temporary file.
+        let _ = std::fs::remove_file(dir.join(format!("{id}.done.tmp")));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)?;
-        let mut done = vec![false; pieces];
+        // What an earlier attempt recorded, if its partial file has the right size.
+        let mut claimed = vec![false; pieces];
         if file.metadata()?.len() == size {
-            if let Ok(bytes) = std::fs::read(&record) {
-                // Trust nothing: a claimed piece counts only if it still hashes right.
-                let geometry = manifest.geometry();
-                let mut buf = vec![0u8; geometry.piece_size() as usize];
-                for (piece, flag) in bytes.iter().enumerate().take(pieces) {
-                    if *flag != 1 {
-                        continue;
-                    }
-                    if cancel.is_cancelled() {
-                        return Ok(None);
-                    }
-                    let range = geometry.piece_bytes(piece as u64);
-                    let len = (range.end - range.start) as usize;
-                    if file.read_exact_at(&mut buf[..len], range.start).is_ok()
-                        && manifest.verify_piece(piece as u64, &buf[..len])
-                    {
-                        done[piece] = true;
-                    }
+            if let Ok(bytes) = std::fs::read(&record_path) {
+                for (flag, byte) in claimed.iter_mut().zip(bytes) {
+                    *flag = byte == 1;
                 }
             }
         } else {
             file.set_len(size)?;
         }
+        let record_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&record_path);
+        let record_file = match record_file {
+            Ok(f) => f,
+            Err(e) => {
+                // With pieces claimed the record exists: this is no full disk, and the files
+                // stay as they are for a later attempt.
+                if claimed.contains(&true) || !is_disk_full(&e) {
+                    return Err(e.into());
+                }
+                let free = free_space(&file);
+                let _ = std::fs::remove_file(&path);
+                return Err(OpenError::NoSpace {
+                    source: e,
+                    needed: size,
+                    free,
+                    kept: Kept::Nothing,
+                });
+            }
+        };
         let partial = Partial {
             path,
-            record: Some(record),
+            record: Some(Record {
+                path: record_path,
+                file: record_file,
+            }),
             file,
+            geometry,
         };
+        if let Err(e) = partial
+            .write_record(&claimed)
+            .and_then(|()| partial.reserve())
+        {
+            // Give back what this attempt took; keep what an earlier one verified.
+            return Err(partial.open_error(e, &claimed));
+        }
+        // Trust nothing: a claimed piece counts only if it still hashes right.
+        let mut done = vec![false; pieces];
+        let mut buf = vec![0u8; geometry.piece_size() as usize];
+        for (piece, _) in claimed.iter().enumerate().filter(|(_, &c)| c) {
+            if cancel.is_cancelled() {
+                return Ok(None);
+            }
+            let range = geometry.piece_bytes(piece as u64);
+            let len = (range.end - range.start) as usize;
+            if partial
+                .file
+                .read_exact_at(&mut buf[..len], range.start)
+                .is_ok()
+                && manifest.verify_piece(piece as u64, &buf[..len])
+            {
+                done[piece] = true;
+            }
+        }
         Ok(Some((partial, done)))
+    }
+
+    /// The error for a failed open: a full disk says what is kept (after giving back the space
+    /// of everything but `kept`), anything else is passed on.
+    fn open_error(&self, e: io::Error, kept: &[bool]) -> OpenError {
+        if !is_disk_full(&e) {
+            return OpenError::Io(e);
+        }
+        let kept = self.keep_verified(kept);
+        let needed = self.geometry.size() - kept_bytes(&kept);
+        OpenError::NoSpace {
+            source: e,
+            needed,
+            free: free_space(&self.file),
+            kept,
+        }
+    }
+
+    /// Allocates the whole file now, so that its writes cannot run out of space. A filesystem
+    /// without `fallocate` leaves it sparse.
+    fn reserve(&self) -> io::Result<()> {
+        let size = self.geometry.size();
+        if size == 0 {
+            return Ok(());
+        }
+        match rustix::fs::fallocate(&self.file, FallocateFlags::empty(), 0, size) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+                tracing::debug!(
+                    "this filesystem cannot reserve space; a full disk will show when writing"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// True if a later download can resume from this partial file.
@@ -129,30 +253,204 @@ impl Partial {
         self.record.is_some()
     }
 
-    /// Saves the record of verified pieces (atomically: a crash leaves the old or the new one).
+    /// Saves the record of verified pieces, in place: the record has had its full size since the
+    /// partial file was opened, so this needs no new space. A crash in the middle leaves each
+    /// byte old or new, and every claimed piece is hashed again on a resume anyway.
     pub(super) fn save_record(&self, done: &[bool]) {
-        let Some(record) = &self.record else { return };
-        let bytes: Vec<u8> = done.iter().map(|&d| d as u8).collect();
-        let tmp = record.with_extension("done.tmp");
-        let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, record));
-        if let Err(e) = result {
+        if let Err(e) = self.write_record(done) {
             tracing::warn!(error = %e, "could not save download progress");
+        }
+    }
+
+    fn write_record(&self, done: &[bool]) -> io::Result<()> {
+        let Some(record) = &self.record else {
+            return Ok(());
+        };
+        let bytes: Vec<u8> = done.iter().map(|&d| d as u8).collect();
+        // Written, not just sized, the first time: a sparse record would need space later.
+        record.file.write_all_at(&bytes, 0)?;
+        record.file.set_len(bytes.len() as u64)
+    }
+
+    /// Keeps the pieces in `done` for a later resume and gives back the space of the others;
+    /// removes everything if there is nothing to keep (or this is a scratch download, which is
+    /// never resumed). Returns what is on disk now.
+    pub(super) fn keep_verified(&self, done: &[bool]) -> Kept {
+        if self.record.is_none() {
+            self.remove();
+            return Kept::Scratch;
+        }
+        let geometry = self.geometry;
+        let verified: Vec<u64> = (0..geometry.piece_count())
+            .filter(|&p| done.get(p as usize).copied().unwrap_or(false))
+            .collect();
+        if verified.is_empty() {
+            self.remove();
+            return Kept::Nothing;
+        }
+        self.save_record(done);
+        // Punch the runs of pieces not verified, each in one call.
+        let mut piece = 0;
+        while piece < geometry.piece_count() {
+            if done[piece as usize] {
+                piece += 1;
+                continue;
+            }
+            let start = geometry.piece_bytes(piece).start;
+            while piece < geometry.piece_count() && !done[piece as usize] {
+                piece += 1;
+            }
+            let end = geometry.piece_bytes(piece - 1).end;
+            let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            if let Err(e) = rustix::fs::fallocate(&self.file, punch, start, end - start) {
+                // Only space: a filesystem without hole punching keeps the bytes (sparse files
+                // there held only what was written anyway).
+                tracing::debug!(error = %e, "could not give back unverified space");
+                break;
+            }
+        }
+        Kept::Pieces {
+            path: self.path.clone(),
+            pieces: verified.len() as u64,
+            total: geometry.piece_count(),
+            bytes: verified
+                .iter()
+                .map(|&p| {
+                    let r = geometry.piece_bytes(p);
+                    r.end - r.start
+                })
+                .sum(),
         }
     }
 
     /// Deletes the partial file and its record.
     pub(super) fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
-        if let Some(record) = &self.record {
-            let _ = std::fs::remove_file(record);
-        }
+        self.remove_record();
     }
 
-    /// Deletes a scratch partial, which no later download could resume from; keeps a resumable
-    /// one.
-    pub(super) fn remove_unless_resumable(&self) {
-        if !self.is_resumable() {
-            self.remove();
+    /// Deletes the record only (the file has moved into `files/`).
+    pub(super) fn remove_record(&self) {
+        if let Some(record) = &self.record {
+            let _ = std::fs::remove_file(&record.path);
         }
+    }
+}
+
+/// Bytes of the pieces `kept` holds.
+pub(super) fn kept_bytes(kept: &Kept) -> u64 {
+    match kept {
+        Kept::Pieces { bytes, .. } => *bytes,
+        Kept::Nothing | Kept::Scratch => 0,
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the disk holding `file`.
+pub(super) fn free_space(file: &std::fs::File) -> Option<u64> {
+    let stat = rustix::fs::fstatvfs(file).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    fn allocated(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn the_file_is_reserved_and_the_record_exists_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = data(20 * 64 * 1024);
+        let manifest = Manifest::of_bytes(&bytes);
+        let cancel = CancellationToken::new();
+        let (partial, done) = Partial::open(dir.path(), &manifest, true, &cancel)
+            .unwrap()
+            .unwrap();
+        assert!(done.iter().all(|d| !d));
+        assert!(allocated(&partial.path) >= bytes.len() as u64);
+        let record = dir.path().join(format!("{}.done", manifest.content_id()));
+        assert_eq!(std::fs::read(&record).unwrap(), vec![0u8; 20]);
+        let inode = std::fs::metadata(&record).unwrap().ino();
+        let mut flags = vec![false; 20];
+        flags[3] = true;
+        partial.save_record(&flags);
+        // Rewritten in place: the same file, nothing beside it.
+        assert_eq!(std::fs::metadata(&record).unwrap().ino(), inode);
+        assert_eq!(std::fs::read(&record).unwrap()[3], 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_stopped_download_keeps_only_its_verified_pieces_and_resumes_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = data(20 * 64 * 1024);
+        let manifest = Manifest::of_bytes(&bytes);
+        let g = manifest.geometry();
+        assert_eq!(g.piece_count(), 20);
+        let cancel = CancellationToken::new();
+        // An older version's leftover is cleaned up.
+        let stray = dir
+            .path()
+            .join(format!("{}.done.tmp", manifest.content_id()));
+        std::fs::write(&stray, b"x").unwrap();
+        let (partial, _) = Partial::open(dir.path(), &manifest, true, &cancel)
+            .unwrap()
+            .unwrap();
+        assert!(!stray.exists());
+        let mut done = vec![false; 20];
+        for p in [0, 1, 2, 7] {
+            let r = g.piece_bytes(p);
+            partial
+                .file
+                .write_all_at(&bytes[r.start as usize..r.end as usize], r.start)
+                .unwrap();
+            done[p as usize] = true;
+        }
+        // Piece 9 was written but never verified: its space goes back too.
+        partial.file.write_all_at(&[1; 4096], 9 * 65536).unwrap();
+        let kept = partial.keep_verified(&done);
+        assert_eq!(
+            kept,
+            Kept::Pieces {
+                path: partial.path.clone(),
+                pieces: 4,
+                total: 20,
+                bytes: 4 * 65536
+            }
+        );
+        assert!(allocated(&partial.path) <= 4 * 65536 + 8192);
+        drop(partial);
+        let (_, resumed) = Partial::open(dir.path(), &manifest, true, &cancel)
+            .unwrap()
+            .unwrap();
+        assert_eq!(resumed, done);
+    }
+
+    #[test]
+    fn nothing_verified_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = Manifest::of_bytes(&data(3 * 64 * 1024));
+        let cancel = CancellationToken::new();
+        let (partial, done) = Partial::open(dir.path(), &manifest, true, &cancel)
+            .unwrap()
+            .unwrap();
+        assert_eq!(partial.keep_verified(&done), Kept::Nothing);
+        let (scratch, done) = Partial::open(dir.path(), &manifest, false, &cancel)
+            .unwrap()
+            .unwrap();
+        assert_eq!(scratch.keep_verified(&done), Kept::Scratch);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // An empty file needs no space.
+        let empty = Manifest::of_bytes(b"");
+        assert!(Partial::open(dir.path(), &empty, true, &cancel)
+            .unwrap()
+            .is_some());
     }
 }

@@ -46,6 +46,9 @@ pub enum DownloadError {
     /// The store refused (name taken by other content, disk error).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The disk holding the download filled up: what was kept, and where.
+    #[error(transparent)]
+    DiskFull(Box<DiskFull>),
     /// Local disk error.
     #[error("writing the download failed: {0}")]
     Io(#[from] std::io::Error),
@@ -55,10 +58,120 @@ pub enum DownloadError {
     Cancelled,
 }
 
+impl From<DiskFull> for DownloadError {
+    fn from(e: DiskFull) -> Self {
+        DownloadError::DiskFull(Box::new(e))
+    }
+}
+
 impl From<TrackerLinkError> for DownloadError {
     fn from(e: TrackerLinkError) -> Self {
         DownloadError::Tracker(e)
     }
+}
+
+/// A download stopped by a full disk (ENOSPC, or a quota): where, how much more it needed, and
+/// what it left behind.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no space left for {name:?} in {}{}: {source}; {kept}",
+    dir.display(),
+    shortfall(*needed, *free)
+)]
+pub struct DiskFull {
+    /// The file.
+    pub name: String,
+    /// The folder that filled up (`.p2pshare/partial/`, or `files/` when moving the file in).
+    pub dir: PathBuf,
+    /// Bytes the download still had to store, when known.
+    pub needed: Option<u64>,
+    /// Bytes free on that disk when it failed, when known.
+    pub free: Option<u64>,
+    /// What is on disk now.
+    pub kept: Kept,
+    /// The system's error.
+    pub source: std::io::Error,
+}
+
+/// " (8.0 MiB more needed, 1.9 MiB free)", or what of it is known.
+fn shortfall(needed: Option<u64>, free: Option<u64>) -> String {
+    match (needed, free) {
+        (Some(n), Some(f)) => format!(
+            " ({} more needed, {} free)",
+            crate::human::bytes(n),
+            crate::human::bytes(f)
+        ),
+        (Some(n), None) => format!(" ({} more needed)", crate::human::bytes(n)),
+        (None, Some(f)) => format!(" ({} free)", crate::human::bytes(f)),
+        (None, None) => String::new(),
+    }
+}
+
+/// What a download stopped by a full disk left on disk. Never a half-written piece that counts:
+/// only verified pieces are kept, and the space reserved for the others is given back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// Nothing: no piece had been verified, so the partial file and its record were removed.
+    Nothing,
+    /// A scratch download (bench, stress) is never resumed: its file was removed.
+    Scratch,
+    /// Verified pieces, in the partial file a later `get` of the same content resumes from.
+    Pieces {
+        /// The partial file (`.p2pshare/partial/<content id>.part`).
+        path: PathBuf,
+        /// Verified pieces in it.
+        pieces: u64,
+        /// Pieces in the file.
+        total: u64,
+        /// Bytes of those pieces.
+        bytes: u64,
+    },
+}
+
+impl std::fmt::Display for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kept::Nothing => f.write_str(
+                "nothing was kept (no piece was verified yet, so the partial file was removed); \
+                 free some space and run get again",
+            ),
+            Kept::Scratch => {
+                f.write_str("the scratch file was removed (scratch downloads are never resumed)")
+            }
+            Kept::Pieces {
+                path,
+                pieces,
+                total,
+                bytes,
+            } if pieces == total => write!(
+                f,
+                "the whole file ({}) is verified and kept in {}; free some space and run get \
+                 again to finish without fetching anything",
+                crate::human::bytes(*bytes),
+                path.display()
+            ),
+            Kept::Pieces {
+                path,
+                pieces,
+                total,
+                bytes,
+            } => write!(
+                f,
+                "kept {pieces} of {total} pieces ({}, verified) in {}; free some space and run \
+                 get again to resume from them",
+                crate::human::bytes(*bytes),
+                path.display()
+            ),
+        }
+    }
+}
+
+/// True if `e` says the disk (or the user's quota) is full.
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Where a finished download goes.
@@ -158,5 +271,36 @@ mod tests {
         );
         let r = DownloadRequest::parse("me@home.txt", Destination::Files);
         assert_eq!(r.name, "me@home.txt");
+    }
+
+    #[test]
+    fn a_full_disk_says_what_was_kept_and_where() {
+        let enospc = || std::io::Error::from_raw_os_error(28);
+        assert!(is_disk_full(&enospc()));
+        assert!(is_disk_full(&std::io::Error::from_raw_os_error(122))); // EDQUOT
+        assert!(!is_disk_full(&std::io::Error::from_raw_os_error(5)));
+        let full = |kept| DiskFull {
+            name: "big".into(),
+            dir: "/p/.p2pshare/partial".into(),
+            needed: Some(6 << 20),
+            free: Some(1 << 20),
+            kept,
+            source: enospc(),
+        };
+        let text = full(Kept::Nothing).to_string();
+        assert!(text.starts_with("no space left for \"big\" in /p/.p2pshare/partial (6.0 MiB more needed, 1.0 MiB free): No space left on device"), "{text}");
+        assert!(text.contains("nothing was kept"), "{text}");
+        let text = full(Kept::Pieces {
+            path: "/p/x.part".into(),
+            pieces: 3,
+            total: 8,
+            bytes: 3 << 16,
+        })
+        .to_string();
+        assert!(
+            text.contains("kept 3 of 8 pieces (192.0 KiB, verified) in /p/x.part"),
+            "{text}"
+        );
+        assert!(text.contains("run get again to resume"), "{text}");
     }
 }

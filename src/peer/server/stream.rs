@@ -1,8 +1,22 @@
 //! One `GetBlocks` stream's producer: a blocking task reading with `pread`, several blocks per
 //! message, into a bounded channel that is the response stream; the idle clock and watchdog that
 //! end it when its client stops reading; and its cancellation when the peer shuts down.
+//!
+//! The reader checks what it serves ([`PieceCheck`]): every piece that lies wholly inside the
+//! range is hashed as it is read and compared with the manifest the file was shared with, and the
+//! bytes that complete a piece are sent only once it matches. A file changed on disk since it was
+//! hashed (even with its size and mtime put back) therefore ends the stream with DATA_LOSS before
+//! its client holds a whole wrong piece (so an honest holder is not taken for a liar), and the
+//! store is told to hash the file again, which re-announces or withdraws it. Pieces cut by the
+//! range's ends are not checked: checking them would mean reading up to a whole piece more per
+//! stream, which a client asking for single blocks could use to multiply the work; downloaders of
+//! this crate only ask for whole pieces.
 
 use super::{RateLimiter, ServeError, MAX_BLOCKS_PER_MESSAGE};
+mod verify;
+
+pub(super) use verify::PieceCheck;
+
 use crate::chunking::BLOCK_SIZE;
 use crate::pb::peer as pb;
 use crate::peer::choke::Choker;
@@ -14,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use verify::PieceHasher;
 
 /// Since when a stream's reader has been waiting for its client to take read-ahead, if it is.
 /// Shared by the reader (a blocking thread) and the stream's [`idle_watchdog`].
@@ -93,6 +108,8 @@ pub(super) struct ReadJob {
     pub(super) _permit: OwnedSemaphorePermit,
     /// The upload slot this stream's downloader holds, told how much was sent when it ends.
     pub(super) slot: Option<UploadSlot>,
+    /// What the reads are checked against.
+    pub(super) check: PieceCheck,
 }
 
 /// A downloader's admission by the choker, for one stream: when the stream ends, the choker
@@ -180,36 +197,81 @@ impl ReadJob {
         }
     }
 
+    /// The file no longer holds what was shared: ends the stream DATA_LOSS and has the store
+    /// hash it again.
+    fn changed(&self, why: &str) -> Status {
+        tracing::warn!(file = %self.name, "{why}: not served any more; hashing it again");
+        let manifest = &self.check.manifest;
+        self.check
+            .store
+            .content_changed(&self.name, manifest.content_id());
+        ServeError::ChangedOnDisk(self.name.clone()).into()
+    }
+
     fn stream(&self, tx: &Sender) -> Result<(), Status> {
-        let message_bytes = MAX_BLOCKS_PER_MESSAGE * BLOCK_SIZE as u64;
+        let message_bytes = (MAX_BLOCKS_PER_MESSAGE * BLOCK_SIZE as u64) as usize;
+        let manifest = &self.check.manifest;
+        let geometry = manifest.geometry();
         let mut offset = self.range.start;
         let mut block = self.first_block;
+        // The piece being hashed, if the range holds all of it.
+        let mut hashing: Option<PieceHasher> = None;
+        let mut buf = BytesMut::new();
         while offset < self.range.end {
             if self.stop.is_cancelled() {
                 return Err(self.stopped().into());
             }
-            let len = (self.range.end - offset).min(message_bytes) as usize;
-            let mut buf = BytesMut::zeroed(len);
-            match self.opened.read_exact_at(&mut buf, offset) {
+            if buf.is_empty() {
+                buf.reserve(message_bytes);
+            }
+            let piece = offset / geometry.piece_size() as u64;
+            let piece_bytes = geometry.piece_bytes(piece);
+            if offset == piece_bytes.start && piece_bytes.end <= self.range.end {
+                hashing = Some(PieceHasher::new(&geometry, piece));
+            }
+            // Up to the end of the piece, of the message and of the range.
+            let end = piece_bytes
+                .end
+                .min(self.range.end)
+                .min(offset + (message_bytes - buf.len()) as u64);
+            let start = buf.len();
+            buf.resize(start + (end - offset) as usize, 0);
+            match self.opened.read_exact_at(&mut buf[start..], offset) {
                 Ok(()) => {}
                 // Shorter than when it was shared: not the content the client asked for.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(ServeError::ChangedOnDisk(self.name.clone()).into())
+                    return Err(self.changed("shorter than when it was shared"))
                 }
                 Err(e) => return Err(ServeError::Io(e).into()),
             }
+            offset = end;
+            if let Some(hasher) = &mut hashing {
+                hasher.update(&buf[start..]);
+                // The piece is complete: its last bytes go out only if it is the piece shared.
+                if offset == piece_bytes.end {
+                    if !hasher.matches(manifest) {
+                        let why = format!("piece {piece} no longer matches what was shared");
+                        return Err(self.changed(&why));
+                    }
+                    hashing = None;
+                }
+            }
+            if buf.len() < message_bytes && offset < self.range.end {
+                continue;
+            }
+            let data = buf.split().freeze();
+            let len = data.len() as u64;
             let message = pb::GetBlocksResponse {
                 first_block: block,
-                data: buf.freeze(),
+                data,
             };
             if !self.send(tx, message)? {
                 return Ok(()); // The client went away.
             }
-            offset += len as u64;
-            block += len as u64 / BLOCK_SIZE as u64;
+            block += len / BLOCK_SIZE as u64;
             if let Some(slot) = &self.slot {
-                slot.sent.fetch_add(len as u64, Ordering::Relaxed);
-                slot.total.fetch_add(len as u64, Ordering::Relaxed);
+                slot.sent.fetch_add(len, Ordering::Relaxed);
+                slot.total.fetch_add(len, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -218,7 +280,10 @@ impl ReadJob {
 
 #[cfg(test)]
 mod tests {
+    use super::verify::{manifest_with_pieces, pattern};
     use super::*;
+    use crate::chunking::Manifest;
+    use crate::peer::store::Store;
     use tokio::sync::Semaphore;
 
     /// A job streaming all of `data` as shared, from a file on disk holding `on_disk`.
@@ -230,11 +295,30 @@ mod tests {
     ) -> ReadJob {
         let path = dir.join("f");
         std::fs::write(&path, on_disk).unwrap();
+        let (store, _) = Store::open(&dir.join("peer")).unwrap();
+        let manifest = Arc::new(Manifest::of_bytes(data));
+        job_over(
+            &path,
+            manifest,
+            Arc::new(store),
+            0..data.len() as u64,
+            shutdown,
+        )
+    }
+
+    /// A job streaming `range` of the file at `path`, shared as `manifest` by `store`.
+    fn job_over(
+        path: &std::path::Path,
+        manifest: Arc<Manifest>,
+        store: Arc<Store>,
+        range: std::ops::Range<u64>,
+        shutdown: CancellationToken,
+    ) -> ReadJob {
         ReadJob {
             name: "f".into(),
-            opened: std::fs::File::open(&path).unwrap(),
-            first_block: 0,
-            range: 0..data.len() as u64,
+            opened: std::fs::File::open(path).unwrap(),
+            first_block: range.start / BLOCK_SIZE as u64,
+            range,
             rate: None,
             idle_timeout: Duration::from_secs(30),
             clock: Arc::default(),
@@ -243,7 +327,120 @@ mod tests {
             runtime: tokio::runtime::Handle::current(),
             _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
             slot: None,
+            check: PieceCheck::new(manifest, store),
         }
+    }
+
+    /// The data a client received (from byte `start`) before the stream ended, and how it ended.
+    fn split_end(
+        all: Vec<Result<pb::GetBlocksResponse, Status>>,
+        start: u64,
+    ) -> (Vec<u8>, Option<Status>) {
+        let mut data = Vec::new();
+        let mut end = None;
+        for item in all {
+            match item {
+                Ok(m) => {
+                    let at = m.first_block * BLOCK_SIZE as u64;
+                    assert_eq!(at, start + data.len() as u64);
+                    data.extend_from_slice(&m.data);
+                }
+                Err(status) => end = Some(status),
+            }
+        }
+        (data, end)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_piece_changed_in_place_is_never_sent_whole_and_the_store_hears_of_it() {
+        // Pieces smaller than a message, and larger (sent in several messages).
+        for piece_size in [65536u64, 1 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = Store::open(dir.path()).unwrap();
+            let store = Arc::new(store);
+            let data = pattern(6 << 20);
+            let path = store.files_dir().join("f");
+            std::fs::write(&path, &data).unwrap();
+            store.rescan().unwrap();
+            let shared = store.get("f").unwrap();
+            let manifest = Arc::new(manifest_with_pieces(&data, piece_size));
+            assert_eq!(manifest.content_id(), shared.content_id());
+
+            // Unchanged: every byte, in order.
+            let all = received(job_over(
+                &path,
+                manifest.clone(),
+                store.clone(),
+                0..data.len() as u64,
+                CancellationToken::new(),
+            ))
+            .await;
+            let (sent, end) = split_end(all, 0);
+            assert!(end.is_none(), "{end:?}");
+            assert!(sent == data);
+
+            // One byte of piece 3 changed in place.
+            let bad = manifest.geometry().piece_bytes(3);
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.write_all_at(&[data[bad.start as usize + 5] ^ 0xff], bad.start + 5)
+                .unwrap();
+            assert!(!store.has_suspects());
+            let all = received(job_over(
+                &path,
+                manifest.clone(),
+                store.clone(),
+                0..data.len() as u64,
+                CancellationToken::new(),
+            ))
+            .await;
+            let (sent, end) = split_end(all, 0);
+            assert_eq!(end.map(|s| s.code()), Some(tonic::Code::DataLoss));
+            // Every message before the one that completes piece 3, and nothing after.
+            let message = MAX_BLOCKS_PER_MESSAGE * BLOCK_SIZE as u64;
+            assert_eq!(
+                sent.len() as u64,
+                (bad.end - 1) / message * message,
+                "{piece_size}"
+            );
+            // What was sent is the file as it is now: whole pieces as shared, and at most the
+            // start of the changed piece (the client cannot complete it).
+            let whole = sent.len().min(bad.start as usize);
+            assert!(sent[..whole] == data[..whole]);
+            assert!(store.has_suspects());
+
+            // The store hashes it again: new content, to be announced.
+            let changes = store.rescan().unwrap();
+            assert_eq!(changes.added.len(), 1);
+            assert_ne!(changes.added[0].content_id(), shared.content_id());
+            assert!(!store.has_suspects());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranges_cut_inside_pieces_are_served_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let data = pattern(3 << 20);
+        let path = dir.path().join("f");
+        std::fs::write(&path, &data).unwrap();
+        let manifest = Arc::new(manifest_with_pieces(&data, 1 << 20));
+        let range = 3 * 4096..(2 << 20) + 5 * 4096;
+        let all = received(job_over(
+            &path,
+            manifest,
+            Arc::new(store),
+            range.clone(),
+            CancellationToken::new(),
+        ))
+        .await;
+        let mut got = vec![0u8; range.start as usize];
+        let (sent, end) = split_end(all, range.start);
+        assert!(end.is_none(), "{end:?}");
+        got.extend_from_slice(&sent);
+        assert_eq!(
+            got[range.start as usize..],
+            data[range.start as usize..range.end as usize]
+        );
     }
 
     /// Runs `job` on a blocking thread and returns what its client receives, to the end.
