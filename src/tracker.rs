@@ -66,6 +66,19 @@ pub async fn serve_with_security(
     security: ServerSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let limits = crate::grpc::ServerLimits::default();
+    serve_with_limits(listener, config, security, &limits, shutdown).await
+}
+
+/// [`serve_with_security`] with explicit connection limits (caps on connections, idle and stall
+/// timeouts: see [`crate::grpc::ServerLimits`]), as the `tracker` binary's flags set them.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    config: TrackerConfig,
+    security: ServerSecurity,
+    limits: &crate::grpc::ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let service = TrackerService::new(&config);
     let reaper = {
         let service = service.clone();
@@ -85,7 +98,7 @@ pub async fn serve_with_security(
         listener,
         tonic::service::Routes::new(crate::grpc::ClearLimits::new(server)),
         crate::grpc::ServiceKind::Tracker,
-        &crate::grpc::ServerLimits::default(),
+        limits,
         &security,
         shutdown,
     )

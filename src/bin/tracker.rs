@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use p2pshare::grpc::{ServerSecurity, SwarmKey, TlsIdentity};
+use p2pshare::grpc::{ConnectionFlags, ServerSecurity, SwarmKey, TlsIdentity};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +36,8 @@ struct Args {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    connections: ConnectionFlags,
 }
 
 #[tokio::main]
@@ -75,10 +77,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = p2pshare::tracker::TrackerConfig {
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
     };
-    p2pshare::tracker::serve_with_security(
+    p2pshare::tracker::serve_with_limits(
         listener,
         config,
         security,
+        &args.connections.limits(),
         p2pshare::cli::shutdown_signal(),
     )
     .await?;
