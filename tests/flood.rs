@@ -1,0 +1,416 @@
+//! Floods (issue 12, items 2 and 3): one client address cannot take every upload slot, a client
+//! that never reads loses its connection and everything buffered for it, idle connections are
+//! closed, and connections are capped per address and per process.
+//!
+//! The attacker is a raw HTTP/2 client (the `h2` crate) on 127.0.0.2 that advertises a zero
+//! stream window, so the server can send it no DATA at all; honest clients are tonic clients on
+//! 127.0.0.1. Every wait is bounded and polled. The file-descriptor limit and the large flood
+//! against a real `peer` process (memory measured from `/proc`) are in `tests/flood_process.rs`.
+
+mod common;
+
+use bytes::Bytes;
+use common::content;
+use p2pshare::grpc::{ServerLimits, ServiceKind};
+use p2pshare::pb::peer as ppb;
+use p2pshare::pb::peer::peer_client::PeerClient;
+use p2pshare::peer::server::{PeerService, RateLimiter, ServeLimits};
+use p2pshare::peer::store::Store;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+
+const ATTACKER: [u8; 4] = [127, 0, 0, 2];
+/// gRPC's RESOURCE_EXHAUSTED.
+const RESOURCE_EXHAUSTED: i32 = 8;
+
+/// A Peer service sharing `files` on 127.0.0.1, with explicit limits. Stops with the token.
+async fn serve(
+    files: &[(&str, &[u8])],
+    limits: ServeLimits,
+    connection: ServerLimits,
+) -> (SocketAddr, CancellationToken, tempfile::TempDir) {
+    let (tmp, dir) = common::seeded_dir("seeder", files);
+    let (store, _) = Store::open(&dir).unwrap();
+    store.rescan().unwrap();
+    let service = PeerService::new(Arc::new(store), limits);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        p2pshare::grpc::serve_with(
+            listener,
+            tonic::service::Routes::new(service.into_server()),
+            ServiceKind::Peer,
+            &connection,
+            async move { token.cancelled().await },
+        )
+        .await
+        .unwrap();
+    });
+    (addr, stop, tmp)
+}
+
+/// A raw HTTP/2 connection from `from` to `server`, with stream receive window `window`.
+struct Raw {
+    send: h2::client::SendRequest<Bytes>,
+    /// Cancelled when the connection has ended (closed by either side).
+    ended: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Raw {
+    async fn connect(from: IpAddr, server: SocketAddr, window: u32) -> std::io::Result<Raw> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(from, 0))?;
+        let tcp = socket.connect(server).await?;
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(window)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .map_err(std::io::Error::other)?;
+        let ended = CancellationToken::new();
+        let done = ended.clone();
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+            done.cancel();
+        });
+        Ok(Raw { send, ended, task })
+    }
+
+    /// Whether the connection ends within `timeout`.
+    async fn ends_within(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.ended.cancelled())
+            .await
+            .is_ok()
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One gRPC message in its length-prefixed frame.
+fn grpc_frame(message: &impl prost::Message) -> Bytes {
+    let body = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.push(0);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame.into()
+}
+
+/// What the server did with a call.
+enum Answer {
+    /// It started answering (headers without a status): the stream is held, never read.
+    Held(h2::RecvStream, h2::SendStream<Bytes>),
+    /// It answered at once with this gRPC status code and message.
+    Status(i32, String),
+}
+
+/// Sends one gRPC call with `message` to `path` on `raw`.
+async fn call(
+    raw: &Raw,
+    server: SocketAddr,
+    path: &str,
+    message: Bytes,
+) -> Result<Answer, h2::Error> {
+    let mut send = raw.send.clone().ready().await?;
+    let request = tonic::codegen::http::Request::post(format!("http://{server}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = send.send_request(request, false)?;
+    body.send_data(message, true)?;
+    let response = response.await?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Ok(match header("grpc-status") {
+        Some(code) => Answer::Status(
+            code.parse().unwrap_or(-1),
+            // Percent-encoded on the wire; spaces are all these tests look at.
+            header("grpc-message")
+                .unwrap_or_default()
+                .replace("%20", " "),
+        ),
+        None => Answer::Held(response.into_body(), body),
+    })
+}
+
+/// Asks for all `blocks` blocks of `name`.
+async fn get_blocks(
+    raw: &Raw,
+    server: SocketAddr,
+    name: &str,
+    blocks: u64,
+) -> Result<Answer, h2::Error> {
+    let request = ppb::GetBlocksRequest {
+        file: Some(ppb::FileSelector {
+            name: name.into(),
+            ..Default::default()
+        }),
+        first_block: 0,
+        block_count: blocks,
+    };
+    call(
+        raw,
+        server,
+        "/p2pshare.peer.v1.Peer/GetBlocks",
+        grpc_frame(&request),
+    )
+    .await
+}
+
+/// A health check over `raw`: its gRPC status, or the transport error.
+async fn health(raw: &Raw, server: SocketAddr) -> Result<i32, h2::Error> {
+    let request = tonic_health::pb::HealthCheckRequest::default();
+    match call(
+        raw,
+        server,
+        "/grpc.health.v1.Health/Check",
+        grpc_frame(&request),
+    )
+    .await?
+    {
+        Answer::Status(code, _) => Ok(code),
+        // A unary answer comes with data; its status is in the trailers.
+        Answer::Held(mut body, _) => {
+            while body.data().await.transpose()?.is_some() {}
+            let trailers = body.trailers().await?.unwrap_or_default();
+            Ok(trailers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(-1))
+        }
+    }
+}
+
+/// Opens `count` zero-window `GetBlocks` streams on `raw`: the ones held, and the refusals.
+async fn open_streams(
+    raw: &Raw,
+    server: SocketAddr,
+    blocks: u64,
+    count: usize,
+) -> (
+    Vec<(h2::RecvStream, h2::SendStream<Bytes>)>,
+    Vec<(i32, String)>,
+) {
+    let (mut held, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..count {
+        match get_blocks(raw, server, "f", blocks).await.unwrap() {
+            Answer::Held(recv, send) => held.push((recv, send)),
+            Answer::Status(code, message) => refused.push((code, message)),
+        }
+    }
+    (held, refused)
+}
+
+/// Reads all of `blocks` blocks of `f` with a tonic client from 127.0.0.1.
+async fn honest_fetch(server: SocketAddr, blocks: u64) -> Result<Vec<u8>, tonic::Status> {
+    let mut client = PeerClient::new(p2pshare::grpc::channel(&server.to_string()).unwrap());
+    let mut stream = client
+        .get_blocks(ppb::GetBlocksRequest {
+            file: Some(ppb::FileSelector {
+                name: "f".into(),
+                ..Default::default()
+            }),
+            first_block: 0,
+            block_count: blocks,
+        })
+        .await?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(message) = stream.message().await? {
+        data.extend_from_slice(&message.data);
+    }
+    Ok(data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_gets_its_share_of_streams_and_no_more() {
+    let data = content(4 << 20, 1);
+    let blocks = (data.len() / 4096) as u64;
+    let limits = ServeLimits {
+        max_streams: 32,
+        max_streams_per_address: 4,
+        ..ServeLimits::default()
+    };
+    let (server, stop, _tmp) = serve(&[("f", &data)], limits, ServerLimits::default()).await;
+
+    // The attacker asks for 10 streams it will never read: 4 are served, 6 refused at once.
+    let attacker = Raw::connect(ATTACKER.into(), server, 0).await.unwrap();
+    let (mut held, refused) = open_streams(&attacker, server, blocks, 10).await;
+    assert_eq!(held.len(), 4);
+    assert_eq!(refused.len(), 6);
+    for (code, message) in &refused {
+        assert_eq!(*code, RESOURCE_EXHAUSTED, "{message}");
+        assert!(message.contains("from your address"), "{message}");
+    }
+    // A second connection from the same address gets nothing more.
+    let second = Raw::connect(ATTACKER.into(), server, 0).await.unwrap();
+    let (more, _) = open_streams(&second, server, blocks, 3).await;
+    assert!(
+        more.is_empty(),
+        "a second connection got past the address's share"
+    );
+    // Another address is served in full, at once.
+    let got = tokio::time::timeout(Duration::from_secs(20), honest_fetch(server, blocks))
+        .await
+        .expect("the honest client was kept waiting")
+        .unwrap();
+    assert!(got == data, "the honest client got wrong data");
+    // A stream the attacker resets gives its place back.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (again, _) = open_streams(&attacker, server, blocks, 1).await;
+        if !again.is_empty() {
+            held.extend(again);
+            break;
+        }
+        assert!(Instant::now() < deadline, "a reset stream kept its place");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held.len(), 4);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_loses_its_connection_and_its_streams() {
+    let data = content(8 << 20, 2);
+    let blocks = (data.len() / 4096) as u64;
+    let limits = ServeLimits {
+        max_streams: 4,
+        max_streams_per_address: 4,
+        ..ServeLimits::default()
+    };
+    let connection = ServerLimits {
+        client_stall_timeout: Duration::from_secs(1),
+        ..ServerLimits::default()
+    };
+    let (server, stop, _tmp) = serve(&[("f", &data)], limits, connection).await;
+
+    let attacker = Raw::connect(ATTACKER.into(), server, 0).await.unwrap();
+    let started = Instant::now();
+    let (held, refused) = open_streams(&attacker, server, blocks, 4).await;
+    assert_eq!((held.len(), refused.len()), (4, 0));
+    // Every slot is taken: even another address is refused for now.
+    let busy = honest_fetch(server, 1).await.unwrap_err();
+    assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
+    // The server closes the connection after the stall timeout (not before)...
+    assert!(
+        attacker.ends_within(Duration::from_secs(10)).await,
+        "the stalled connection was kept"
+    );
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed after only {closed_after:?}"
+    );
+    // ...and every slot is free again, global and per address: the streams' bodies (and what
+    // was buffered in them) went with the connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fresh = Raw::connect(ATTACKER.into(), server, 0).await.unwrap();
+    let mut again = Vec::new();
+    while again.len() < 4 {
+        let (held, _) = open_streams(&fresh, server, blocks, 4 - again.len()).await;
+        again.extend(held);
+        assert!(
+            Instant::now() < deadline,
+            "slots of a closed connection were kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(again);
+    drop(held);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_connections_with_calls_in_flight_are_not() {
+    let data = content(3 << 20, 3);
+    let blocks = (data.len() / 4096) as u64;
+    // 1 MiB/s: the honest stream lasts about 2 s, four idle timeouts.
+    let limits = ServeLimits {
+        upload_rate: Some(Arc::new(RateLimiter::new(1 << 20))),
+        ..ServeLimits::default()
+    };
+    let connection = ServerLimits {
+        idle_timeout: Duration::from_millis(500),
+        ..ServerLimits::default()
+    };
+    let (server, stop, _tmp) = serve(&[("f", &data)], limits, connection).await;
+
+    // A connection that never calls (its keepalive answered or not) is closed.
+    let silent = Raw::connect(ATTACKER.into(), server, 65_535).await.unwrap();
+    let started = Instant::now();
+    // So is one whose only call ended.
+    let once = Raw::connect(ATTACKER.into(), server, 65_535).await.unwrap();
+    assert_eq!(health(&once, server).await.unwrap(), 0);
+    let slow = tokio::spawn(honest_fetch(server, blocks));
+    assert!(silent.ends_within(Duration::from_secs(5)).await);
+    assert!(once.ends_within(Duration::from_secs(5)).await);
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    // A call in flight keeps its connection, however long it takes.
+    let got = tokio::time::timeout(Duration::from_secs(20), slow)
+        .await
+        .expect("the slow stream never ended")
+        .unwrap()
+        .unwrap();
+    assert!(got == data, "the slow stream was cut");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_address_and_per_process() {
+    let connection = ServerLimits {
+        max_connections: 3,
+        max_connections_per_address: 2,
+        ..ServerLimits::default()
+    };
+    let (server, stop, _tmp) = serve(&[("f", b"x")], ServeLimits::default(), connection).await;
+    let from = |last: u8| IpAddr::from([127, 0, 0, last]);
+
+    let a1 = Raw::connect(from(2), server, 65_535).await.unwrap();
+    let a2 = Raw::connect(from(2), server, 65_535).await.unwrap();
+    assert_eq!(health(&a1, server).await.unwrap(), 0);
+    assert_eq!(health(&a2, server).await.unwrap(), 0);
+    // A third from the same address is closed as soon as it is accepted.
+    let a3 = Raw::connect(from(2), server, 65_535).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), health(&a3, server))
+        .await
+        .expect("the refused connection was left hanging");
+    assert!(refused.is_err(), "{refused:?}");
+    // Another address is served: three connections in all, the process cap.
+    let b1 = Raw::connect(from(3), server, 65_535).await.unwrap();
+    assert_eq!(health(&b1, server).await.unwrap(), 0);
+    // A fourth waits, not accepted, until one of the three closes.
+    let c1 = Raw::connect(from(4), server, 65_535).await.unwrap();
+    let mut waiting = tokio::spawn(async move { health(&c1, server).await.map(|c| (c, c1)) });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut waiting)
+            .await
+            .is_err(),
+        "a connection past the process cap was served"
+    );
+    drop(a1);
+    let (code, _c1) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting connection was never accepted")
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 0);
+    drop((a2, b1));
+    stop.cancel();
+}
