@@ -71,7 +71,9 @@ pub async fn serve_with_security(
 }
 
 /// [`serve_with_security`] with explicit connection limits (caps on connections, idle and stall
-/// timeouts: see [`crate::grpc::ServerLimits`]), as the `tracker` binary's flags set them.
+/// timeouts: see [`crate::grpc::ServerLimits`]), as the `tracker` binary's flags set them. The
+/// idle timeout is raised to three heartbeat intervals if it is shorter: a live peer's
+/// connection is then never idle, and closing an idle one never races a peer's next heartbeat.
 pub async fn serve_with_limits(
     listener: TcpListener,
     config: TrackerConfig,
@@ -79,6 +81,10 @@ pub async fn serve_with_limits(
     limits: &crate::grpc::ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let limits = crate::grpc::ServerLimits {
+        idle_timeout: limits.idle_timeout.max(config.heartbeat_interval * 3),
+        ..limits.clone()
+    };
     let service = TrackerService::new(&config);
     let reaper = {
         let service = service.clone();
@@ -98,7 +104,7 @@ pub async fn serve_with_limits(
         listener,
         tonic::service::Routes::new(crate::grpc::ClearLimits::new(server)),
         crate::grpc::ServiceKind::Tracker,
-        limits,
+        &limits,
         &security,
         shutdown,
     )

@@ -13,7 +13,9 @@ mod raw_h2;
 
 use bytes::Bytes;
 use common::content;
-use p2pshare::grpc::{ServerLimits, ServiceKind};
+use p2pshare::grpc::{
+    ClientSecurity, ServerLimits, ServerSecurity, ServiceKind, TlsIdentity, TrustedCa,
+};
 use p2pshare::pb::peer as ppb;
 use p2pshare::pb::peer::peer_client::PeerClient;
 use p2pshare::peer::server::{PeerService, RateLimiter, ServeLimits};
@@ -33,6 +35,16 @@ async fn serve(
     limits: ServeLimits,
     connection: ServerLimits,
 ) -> (SocketAddr, CancellationToken, tempfile::TempDir) {
+    serve_secured(files, limits, connection, ServerSecurity::default()).await
+}
+
+/// [`serve`] with TLS and/or a swarm key.
+async fn serve_secured(
+    files: &[(&str, &[u8])],
+    limits: ServeLimits,
+    connection: ServerLimits,
+    security: ServerSecurity,
+) -> (SocketAddr, CancellationToken, tempfile::TempDir) {
     let (tmp, dir) = common::seeded_dir("seeder", files);
     let (store, _) = Store::open(&dir).unwrap();
     store.rescan().unwrap();
@@ -42,11 +54,12 @@ async fn serve(
     let stop = CancellationToken::new();
     let token = stop.clone();
     tokio::spawn(async move {
-        p2pshare::grpc::serve_with(
+        p2pshare::grpc::serve_with_security(
             listener,
             tonic::service::Routes::new(service.into_server()),
             ServiceKind::Peer,
             &connection,
+            &security,
             async move { token.cancelled().await },
         )
         .await
@@ -77,7 +90,16 @@ async fn open_streams(
 
 /// Reads all of `blocks` blocks of `f` with a tonic client from 127.0.0.1.
 async fn honest_fetch(server: SocketAddr, blocks: u64) -> Result<Vec<u8>, tonic::Status> {
-    let mut client = PeerClient::new(p2pshare::grpc::channel(&server.to_string()).unwrap());
+    honest_fetch_with(&ClientSecurity::default(), server, blocks).await
+}
+
+/// [`honest_fetch`] presenting `security` (a trusted CA for TLS).
+async fn honest_fetch_with(
+    security: &ClientSecurity,
+    server: SocketAddr,
+    blocks: u64,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut client = PeerClient::new(security.channel(&server.to_string()).unwrap());
     let mut stream = client
         .get_blocks(ppb::GetBlocksRequest {
             file: Some(ppb::FileSelector {
@@ -198,19 +220,28 @@ async fn a_client_that_never_reads_loses_its_connection_and_its_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_and_connections_with_calls_in_flight_are_not() {
-    let data = content(3 << 20, 3);
+    let data = content(4 << 20, 3);
     let blocks = (data.len() / 4096) as u64;
-    // 1 MiB/s: the honest stream lasts about 2 s, four idle timeouts.
+    // 1 MiB/s: the honest stream lasts about 3 s, three idle timeouts.
     let limits = ServeLimits {
         upload_rate: Some(Arc::new(RateLimiter::new(1 << 20))),
         ..ServeLimits::default()
     };
     let connection = ServerLimits {
-        idle_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(1),
         ..ServerLimits::default()
     };
     let (server, stop, _tmp) = serve(&[("f", &data)], limits, connection).await;
 
+    // A tonic client whose connection goes idle.
+    let mut kept = PeerClient::new(p2pshare::grpc::channel(&server.to_string()).unwrap());
+    let info = ppb::GetFileInfoRequest {
+        file: Some(ppb::FileSelector {
+            name: "f".into(),
+            ..Default::default()
+        }),
+    };
+    kept.get_file_info(info.clone()).await.unwrap();
     // A connection that never calls (its keepalive answered or not) is closed.
     let silent = Raw::connect(ATTACKER.into(), server, 65_535).await.unwrap();
     let started = Instant::now();
@@ -220,7 +251,10 @@ async fn idle_connections_are_closed_and_connections_with_calls_in_flight_are_no
     let slow = tokio::spawn(honest_fetch(server, blocks));
     assert!(silent.ends_within(Duration::from_secs(5)).await);
     assert!(once.ends_within(Duration::from_secs(5)).await);
-    assert!(started.elapsed() >= Duration::from_millis(450));
+    assert!(started.elapsed() >= Duration::from_millis(950));
+    // The tonic client's connection went idle before `silent` was opened, so it is closed too:
+    // the client connects again by itself on its next call.
+    kept.get_file_info(info).await.unwrap();
     // A call in flight keeps its connection, however long it takes.
     let got = tokio::time::timeout(Duration::from_secs(20), slow)
         .await
@@ -271,5 +305,82 @@ async fn connections_are_capped_per_address_and_per_process() {
         .unwrap();
     assert_eq!(code, 0);
     drop((a2, b1));
+    stop.cancel();
+}
+
+/// A throwaway CA's certificate and a server identity for 127.0.0.1 signed by it.
+fn tls_pair() -> (TrustedCa, TlsIdentity) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = leaf.signed_by(&key, &issuer).unwrap();
+    (
+        TrustedCa::from_pem(&ca_pem).unwrap(),
+        TlsIdentity::from_pem(leaf.pem(), key.serialize_pem()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_calls_are_tracked_per_connection_and_streams_capped_per_address() {
+    let data = content(4 << 20, 4);
+    let blocks = (data.len() / 4096) as u64;
+    let (ca, identity) = tls_pair();
+    let limits = ServeLimits {
+        upload_rate: Some(Arc::new(RateLimiter::new(1 << 20))),
+        max_streams_per_address: 1,
+        ..ServeLimits::default()
+    };
+    let connection = ServerLimits {
+        idle_timeout: Duration::from_secs(1),
+        ..ServerLimits::default()
+    };
+    let security = ServerSecurity {
+        tls: Some(identity),
+        ..ServerSecurity::default()
+    };
+    let (server, stop, _tmp) = serve_secured(&[("f", &data)], limits, connection, security).await;
+    let client = ClientSecurity {
+        tls_ca: Some(ca),
+        ..ClientSecurity::default()
+    };
+    // A 3-second stream over TLS outlives three idle timeouts: its call is seen in flight.
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { honest_fetch_with(&client, server, blocks).await })
+    };
+    // The address's one stream is taken: a second one is refused, so the address is known too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match honest_fetch_with(&client, server, 1).await {
+            Err(status) => break status,
+            Ok(_) => {
+                if Instant::now() >= deadline {
+                    let slow = slow.await.unwrap().map(|data| data.len());
+                    panic!("the slow stream is not counted for its address: it ended {slow:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    let got = tokio::time::timeout(Duration::from_secs(20), slow)
+        .await
+        .expect("the slow stream never ended")
+        .unwrap()
+        .unwrap();
+    assert!(got == data, "the slow TLS stream was cut");
     stop.cancel();
 }
