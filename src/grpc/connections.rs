@@ -2,20 +2,21 @@
 //! long it keeps them (idle, or with a response the client does not read), and an accept loop
 //! that survives running out of file descriptors.
 //!
-//! * [`Incoming`] accepts. It takes a slot of the process-wide cap *before* calling `accept`, so
+//! * `accept`: [`Incoming`] accepts. It takes a slot of the process-wide cap *before* calling `accept`, so
 //!   at the cap it simply stops accepting (new connections wait in the kernel's backlog) and costs
 //!   nothing; a connection from an address that already has its share is closed at once. An
 //!   accept error that concerns one connection (reset, aborted) is skipped; any other (EMFILE,
 //!   ENFILE, ENOBUFS, ENOMEM) is retried after a backoff of 100 ms doubling to 1 s, instead of at
 //!   once: the pending connection keeps the listener readable, so an immediate retry would spin.
 //!   tonic retries those errors at once, so none ever reaches it.
-//! * [`GuardedIo`] is one accepted connection: a TCP stream that the server can close from
+//! * `guarded`: [`GuardedIo`] is one accepted connection: a TCP stream that the server can close from
 //!   outside (the next read or write fails, hyper drops the connection and with it every stream's
 //!   buffers and tasks).
-//! * [`CallTrackerLayer`] sees every call on a connection: which are in flight, and for each
+//! * `calls`: [`CallTrackerLayer`] sees every call on a connection: which are in flight, and for each
 //!   response whether the client is taking it. A response body that has handed hyper a frame and
 //!   has not been polled again is waiting for the client's flow-control window.
-//! * [`sweep`] closes a connection with no call in flight for the idle timeout, or one with a
+//! * Here: the table of connections and their calls ([`Connections`]), and [`sweep`], which
+//!   closes a connection with no call in flight for the idle timeout, or one with a
 //!   response left unread for the stall timeout.
 //!
 //! **Why a whole connection for one unread response.** With a zero send window hyper (1.x) does
@@ -25,31 +26,27 @@
 //! idle timeout ends the reader and frees the upload slot, but not that memory.) A client that
 //! takes nothing of a response for the stall timeout is broken or hostile; closing its connection
 //! is the only way to take the memory back.
+mod accept;
+mod calls;
+mod guarded;
+
+pub(super) use accept::Incoming;
+pub(super) use calls::CallTrackerLayer;
 
 use super::ServerLimits;
+use calls::{CallGuard, ResponseClock};
+use guarded::{GuardedIo, Slot};
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::{CancellationToken, PollSemaphore, WaitForCancellationFutureOwned};
-use tonic::codegen::{http, Service};
-use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 
-/// First wait after an accept error that is not about one connection.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait between accept attempts while they keep failing.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// At most one warning per address-cap episode this often, however many connections are refused.
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -297,387 +294,11 @@ impl Connection {
         io::Error::new(io::ErrorKind::ConnectionAborted, reason.describe())
     }
 }
-
-/// Since when a response has been waiting for its client to take a frame, if it is.
-struct ResponseClock {
-    base: Instant,
-    /// Milliseconds after `base` when the body last handed hyper a frame, plus one; 0 while the
-    /// body is being polled (the wait is the service's, not the client's) or has ended.
-    handed_at: AtomicU64,
-}
-
-impl Default for ResponseClock {
-    fn default() -> Self {
-        ResponseClock {
-            base: Instant::now(),
-            handed_at: AtomicU64::new(0),
-        }
-    }
-}
-
-impl ResponseClock {
-    fn handed_over(&self) {
-        let ms = self.base.elapsed().as_millis() as u64;
-        self.handed_at.store(ms + 1, Ordering::Relaxed);
-    }
-
-    fn waiting_on_server(&self) {
-        self.handed_at.store(0, Ordering::Relaxed);
-    }
-
-    fn unread_for(&self, now: Instant) -> Option<Duration> {
-        match self.handed_at.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(now.saturating_duration_since(self.base + Duration::from_millis(ms - 1))),
-        }
-    }
-}
-
-/// One call in flight, until its response body is dropped.
-pub(super) struct CallGuard {
-    connection: Arc<Connection>,
-    id: u64,
-    clock: Arc<ResponseClock>,
-}
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        self.connection.end_call(self.id);
-    }
-}
-
-/// Holds a connection's place in the caps until it is dropped.
-struct Slot {
-    connections: Arc<Connections>,
-    remote: SocketAddr,
-    ip: IpAddr,
-    _permit: OwnedSemaphorePermit,
-}
-
-/// An accepted TCP connection that the server can close: once closed, reads and writes fail,
-/// and hyper drops the connection.
-pub(super) struct GuardedIo {
-    stream: TcpStream,
-    closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    connection: Arc<Connection>,
-    _slot: Slot,
-}
-
-impl Drop for GuardedIo {
-    fn drop(&mut self) {
-        let slot = &self._slot;
-        slot.connections
-            .forget(slot.remote, slot.ip, &self.connection);
-    }
-}
-
-impl GuardedIo {
-    /// `Err` once the server closed this connection (and registers `cx` to learn it).
-    fn check_open(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if self.connection.close.is_cancelled() || self.closed.as_mut().poll(cx).is_ready() {
-            return Err(self.connection.closed_error());
-        }
-        Ok(())
-    }
-}
-
-impl Connected for GuardedIo {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for GuardedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.check_open(cx)?;
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for GuardedIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.check_open(cx)?;
-        Pin::new(&mut this.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.check_open(cx)?;
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.check_open(cx)?;
-        Pin::new(&mut this.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-/// The accept loop as the stream of connections tonic serves: capped, counted, backing off on
-/// errors (see the module documentation). It never yields an error.
-pub(super) struct Incoming {
-    listener: TcpListener,
-    connections: Arc<Connections>,
-    cap: usize,
-    slots: PollSemaphore,
-    /// A slot taken for the next connection accepted.
-    slot: Option<OwnedSemaphorePermit>,
-    at_cap: bool,
-    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
-    next_backoff: Duration,
-    /// Accept errors in a row.
-    failures: u64,
-}
-
-impl Incoming {
-    pub(super) fn new(listener: TcpListener, connections: Arc<Connections>, cap: usize) -> Self {
-        let cap = cap.clamp(1, Semaphore::MAX_PERMITS);
-        Incoming {
-            listener,
-            connections,
-            cap,
-            slots: PollSemaphore::new(Arc::new(Semaphore::new(cap))),
-            slot: None,
-            at_cap: false,
-            backoff: None,
-            next_backoff: FIRST_BACKOFF,
-            failures: 0,
-        }
-    }
-
-    fn accept_failed(&mut self, error: &io::Error) {
-        self.failures += 1;
-        if self.failures == 1 {
-            tracing::warn!(%error, "accepting connections failed; retrying with a backoff up to 1 s");
-        } else {
-            tracing::debug!(%error, failures = self.failures, "accepting connections failed again");
-        }
-        self.backoff = Some(Box::pin(tokio::time::sleep(self.next_backoff)));
-        self.next_backoff = (self.next_backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-/// Whether an accept error concerns only the connection being accepted (it is gone; the next
-/// one may be fine), as accept(2) lists them for Linux.
-fn concerns_one_connection(error: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    matches!(
-        error.kind(),
-        ConnectionAborted
-            | ConnectionReset
-            | Interrupted
-            | WouldBlock
-            | TimedOut
-            | NetworkDown
-            | NetworkUnreachable
-            | HostUnreachable
-            | PermissionDenied
-    ) || error.raw_os_error().is_some_and(|code| {
-        [
-            rustix::io::Errno::PROTO,
-            rustix::io::Errno::NOPROTOOPT,
-            rustix::io::Errno::HOSTDOWN,
-            rustix::io::Errno::OPNOTSUPP,
-        ]
-        .iter()
-        .any(|e| e.raw_os_error() == code)
-    })
-}
-
-impl tokio_stream::Stream for Incoming {
-    type Item = io::Result<GuardedIo>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(backoff) = this.backoff.as_mut() {
-                ready!(backoff.as_mut().poll(cx));
-                this.backoff = None;
-            }
-            if this.slot.is_none() {
-                match this.slots.poll_acquire(cx) {
-                    Poll::Ready(Some(slot)) => {
-                        if this.at_cap {
-                            tracing::info!("accepting connections again");
-                            this.at_cap = false;
-                        }
-                        this.slot = Some(slot);
-                    }
-                    // The semaphore is never closed.
-                    Poll::Ready(None) => return Poll::Ready(None),
-                    Poll::Pending => {
-                        if !this.at_cap {
-                            tracing::warn!(
-                                cap = this.cap,
-                                "connection cap reached: new connections wait until one closes"
-                            );
-                            this.at_cap = true;
-                        }
-                        return Poll::Pending;
-                    }
-                }
-            }
-            match ready!(this.listener.poll_accept(cx)) {
-                Ok((stream, remote)) => {
-                    if this.failures > 0 {
-                        tracing::info!(failures = this.failures, "accepting connections again");
-                        this.failures = 0;
-                        this.next_backoff = FIRST_BACKOFF;
-                    }
-                    // Small answers must not wait for the client's delayed ACK (about 40 ms a
-                    // request, measured). A socket that refuses the option still works.
-                    let _ = stream.set_nodelay(true);
-                    let Some(slot) = this.slot.take() else {
-                        continue;
-                    };
-                    if let Some(io) = this.connections.admit(stream, remote, slot) {
-                        return Poll::Ready(Some(Ok(io)));
-                    }
-                }
-                Err(error) if concerns_one_connection(&error) => {
-                    tracing::debug!(%error, "accepting one connection failed");
-                }
-                Err(error) => this.accept_failed(&error),
-            }
-        }
-    }
-}
-
-/// Server middleware: tells [`Connections`] which calls are in flight on each connection and
-/// whether their clients are taking their responses.
-#[derive(Clone)]
-pub(super) struct CallTrackerLayer {
-    connections: Arc<Connections>,
-}
-
-impl CallTrackerLayer {
-    pub(super) fn new(connections: Arc<Connections>) -> Self {
-        CallTrackerLayer { connections }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for CallTrackerLayer {
-    type Service = CallTracker<S>;
-
-    fn layer(&self, inner: S) -> CallTracker<S> {
-        CallTracker {
-            inner,
-            connections: self.connections.clone(),
-        }
-    }
-}
-
-/// The [`CallTrackerLayer`] around one service.
-#[derive(Clone)]
-pub(super) struct CallTracker<S> {
-    inner: S,
-    connections: Arc<Connections>,
-}
-
-/// The client's address as tonic recorded it, over TCP or TLS.
-fn remote_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
-    let extensions = request.extensions();
-    extensions
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|tls| tls.get_ref().remote_addr())
-        })
-}
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for CallTracker<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResBody: Send + 'static,
-{
-    type Response = http::Response<TrackedBody<ResBody>>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let call = remote_of(&request).and_then(|remote| self.connections.start_call(&remote));
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| TrackedBody { body, call }))
-        })
-    }
-}
-
-/// A response body that tells its call's clock when it hands hyper a frame (the client must now
-/// make room for it) and when it is polled again. Its drop ends the call.
-pub(super) struct TrackedBody<B> {
-    body: B,
-    call: Option<CallGuard>,
-}
-
-impl<B> http_body::Body for TrackedBody<B>
-where
-    B: http_body::Body + Unpin,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Some(call) = &this.call {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) if frame.is_data() => call.clock.handed_over(),
-                // Waiting on the service, or ended: nothing the client must take.
-                _ => call.clock.waiting_on_server(),
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
+    use tokio::sync::Semaphore;
 
     fn limits(idle: u64, stall: u64) -> ServerLimits {
         ServerLimits {
@@ -759,26 +380,5 @@ mod tests {
         admitted.pop();
         assert_eq!(connections.counts(ip), (1, 1));
         assert_eq!(slots.available_permits(), 9);
-    }
-
-    #[test]
-    fn only_errors_about_one_connection_are_retried_at_once() {
-        for kind in [
-            io::ErrorKind::ConnectionAborted,
-            io::ErrorKind::ConnectionReset,
-        ] {
-            assert!(concerns_one_connection(&io::Error::from(kind)));
-        }
-        let proto = io::Error::from_raw_os_error(rustix::io::Errno::PROTO.raw_os_error());
-        assert!(concerns_one_connection(&proto));
-        for errno in [
-            rustix::io::Errno::MFILE,
-            rustix::io::Errno::NFILE,
-            rustix::io::Errno::NOBUFS,
-            rustix::io::Errno::NOMEM,
-        ] {
-            let error = io::Error::from_raw_os_error(errno.raw_os_error());
-            assert!(!concerns_one_connection(&error), "{error}");
-        }
     }
 }

@@ -47,7 +47,7 @@ use crate::pb::peer::peer_server::{Peer, PeerServer};
 use crate::peer::book::{SwarmBook, MAX_EXCHANGED};
 use crate::peer::choke::{Admission, Choker};
 use crate::peer::store::{GrowingFile, SharedFile, Store};
-use limits::{AddressStream, AddressStreams};
+use limits::{AddressCounted, AddressStreams};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::pin::Pin;
@@ -524,10 +524,10 @@ impl Peer for PeerService {
             tracing::debug!("streaming");
             job.run(tx);
         });
-        Ok(Response::new(Box::pin(AddressCounted {
-            inner: ReceiverStream::new(rx),
-            slot: address_slot,
-        })))
+        Ok(Response::new(Box::pin(AddressCounted::new(
+            ReceiverStream::new(rx),
+            address_slot,
+        ))))
     }
 
     async fn get_pieces(
@@ -571,32 +571,6 @@ impl Peer for PeerService {
             })
             .collect();
         Ok(Response::new(pb::GetHoldersResponse { holders }))
-    }
-}
-
-/// A `GetBlocks` response stream holding its place in its client address's share: given back at
-/// the stream's end (when its last item is taken) or when hyper drops the stream (the client
-/// reset it, or its connection closed), never while the client still has data to take.
-struct AddressCounted {
-    inner: ReceiverStream<Result<pb::GetBlocksResponse, Status>>,
-    slot: Option<AddressStream>,
-}
-
-impl Stream for AddressCounted {
-    type Item = Result<pb::GetBlocksResponse, Status>;
-
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_next(cx);
-        if let std::task::Poll::Ready(None | Some(Err(_))) = &polled {
-            // The end (a failed stream ends with its status): a client that saw it may open
-            // another stream at once.
-            this.slot = None;
-        }
-        polled
     }
 }
 

@@ -3,12 +3,18 @@
 
 use super::{DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_ADDRESS, MAX_BLOCKS_PER_MESSAGE};
 use crate::chunking::BLOCK_SIZE;
+use crate::pb::peer as pb;
 use governor::{DefaultDirectRateLimiter, Quota};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::Status;
 
 /// The limiter counts in cells of this many bytes: whole bytes would need a replenish period
 /// under a nanosecond past 1 GB/s, which governor cannot express.
@@ -156,6 +162,38 @@ impl Drop for AddressStream {
                 open.remove(&self.ip);
             }
         }
+    }
+}
+
+/// A `GetBlocks` response stream holding its place in its client address's share: given back at
+/// the stream's end (when its last item is taken) or when hyper drops the stream (the client
+/// reset it, or its connection closed), never while the client still has data to take.
+pub(super) struct AddressCounted {
+    inner: ReceiverStream<Result<pb::GetBlocksResponse, Status>>,
+    slot: Option<AddressStream>,
+}
+
+impl AddressCounted {
+    pub(super) fn new(
+        inner: ReceiverStream<Result<pb::GetBlocksResponse, Status>>,
+        slot: Option<AddressStream>,
+    ) -> Self {
+        AddressCounted { inner, slot }
+    }
+}
+
+impl Stream for AddressCounted {
+    type Item = Result<pb::GetBlocksResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_next(cx);
+        if let Poll::Ready(None | Some(Err(_))) = &polled {
+            // The end (a failed stream ends with its status): a client that saw it may open
+            // another stream at once.
+            this.slot = None;
+        }
+        polled
     }
 }
 
