@@ -2,22 +2,22 @@
 //! long it keeps them (idle, or with a response the client does not read), and an accept loop
 //! that survives running out of file descriptors.
 //!
-//! * `accept`: [`Incoming`] accepts. It takes a slot of the process-wide cap *before* calling `accept`, so
-//!   at the cap it simply stops accepting (new connections wait in the kernel's backlog) and costs
-//!   nothing; a connection from an address that already has its share is closed at once. An
-//!   accept error that concerns one connection (reset, aborted) is skipped; any other (EMFILE,
-//!   ENFILE, ENOBUFS, ENOMEM) is retried after a backoff of 100 ms doubling to 1 s, instead of at
-//!   once: the pending connection keeps the listener readable, so an immediate retry would spin.
-//!   tonic retries those errors at once, so none ever reaches it.
-//! * `guarded`: [`GuardedIo`] is one accepted connection: a TCP stream that the server can close from
-//!   outside (the next read or write fails, hyper drops the connection and with it every stream's
-//!   buffers and tasks).
-//! * `calls`: [`CallTrackerLayer`] sees every call on a connection: which are in flight, and for each
-//!   response whether the client is taking it. A response body that has handed hyper a frame and
-//!   has not been polled again is waiting for the client's flow-control window.
+//! * `accept`: [`Incoming`] accepts. It takes a slot of the process-wide cap *before* calling
+//!   `accept`, so at the cap it simply stops accepting (new connections wait in the kernel's
+//!   backlog) and costs nothing; a connection from an address that already has its share is
+//!   closed at once. An accept error that concerns one connection (reset, aborted) is skipped;
+//!   any other (EMFILE, ENFILE, ENOBUFS, ENOMEM) is retried after a backoff of 100 ms doubling to
+//!   1 s, instead of at once: the pending connection keeps the listener readable, so an
+//!   immediate retry would spin (tonic retries those errors at once, so none ever reaches it).
+//! * `guarded`: [`GuardedIo`] is one accepted connection: a TCP stream that the server can close
+//!   from outside (the next read or write fails, hyper drops the connection and with it every
+//!   stream's buffers and tasks).
+//! * `calls`: [`CallTrackerLayer`] sees every call on a connection: which are in flight, and for
+//!   each response whether the client is taking it. A response body that has handed hyper a
+//!   frame and has not been polled again is waiting for the client's flow-control window.
 //! * Here: the table of connections and their calls ([`Connections`]), and [`sweep`], which
-//!   closes a connection with no call in flight for the idle timeout, or one with a
-//!   response left unread for the stall timeout.
+//!   closes a connection with no call in flight for the idle timeout, or one with a response left
+//!   unread for the stall timeout.
 //!
 //! **Why a whole connection for one unread response.** With a zero send window hyper (1.x) does
 //! not poll the response body, only the window, so a server cannot end that one stream: its body
@@ -26,6 +26,11 @@
 //! idle timeout ends the reader and frees the upload slot, but not that memory.) A client that
 //! takes nothing of a response for the stall timeout is broken or hostile; closing its connection
 //! is the only way to take the memory back.
+//!
+//! **Locks.** `Connections::table`, each `Connection::calls` and `Connections::refused` are
+//! `std::sync::Mutex`es held for a lookup or an update, never across an `.await`, and never two
+//! at once: the sweep copies the table's connections out before it looks at their calls.
+
 mod accept;
 mod calls;
 mod guarded;
@@ -47,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 /// At most one warning per address-cap episode this often, however many connections are refused.
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -130,21 +136,29 @@ impl Connections {
         })
     }
 
+    /// Counts a refused connection; warns at most once per [`REFUSAL_WARNING_EVERY`] (after the
+    /// lock is released: the console's lock must stay innermost).
     fn note_refused(&self, ip: IpAddr) {
-        let mut refused = lock(&self.refused);
-        refused.0 += 1;
         let now = Instant::now();
-        if refused
-            .1
-            .is_none_or(|last| now.duration_since(last) >= REFUSAL_WARNING_EVERY)
-        {
+        let due = {
+            let mut refused = lock(&self.refused);
+            refused.0 += 1;
+            let due = refused
+                .1
+                .is_none_or(|last| now.duration_since(last) >= REFUSAL_WARNING_EVERY);
+            let count = refused.0;
+            if due {
+                *refused = (0, Some(now));
+            }
+            due.then_some(count)
+        };
+        if let Some(count) = due {
             tracing::warn!(
                 address = %ip,
-                refused = refused.0,
+                refused = count,
                 cap = self.per_address,
                 "connections refused: their address already has as many open as allowed"
             );
-            *refused = (0, Some(now));
         }
     }
 
