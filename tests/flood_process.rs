@@ -261,7 +261,10 @@ async fn at_its_default_cap_the_tracker_stops_accepting_before_running_out_of_de
 /// What the attacker got.
 #[derive(Default)]
 struct Attack {
-    /// Streams the seeder is serving it now (its responses started), and the most at once.
+    /// Streams the seeder is serving it now (its responses started), and the most at once. (A
+    /// little over the seeder's count at times: the attacker learns that the seeder closed a
+    /// connection, freeing its share, a moment after the seeder may have served new streams.
+    /// The exact cap is tested in `tests/flood.rs`.)
     held: AtomicUsize,
     held_max: AtomicUsize,
     refused: AtomicU64,
@@ -360,6 +363,7 @@ async fn a_thousand_unread_streams_neither_bloat_a_seeder_nor_starve_an_honest_d
     const SIZE: usize = 64 << 20;
     const CONNECTIONS: usize = 40;
     const STREAMS_PER_CONNECTION: usize = 25;
+    const ROUNDS: usize = 3;
     let data = content(SIZE, 7);
     let blocks = (SIZE / 4096) as u64;
     let tracker = TestTracker::start(Duration::from_secs(10)).await;
@@ -398,69 +402,77 @@ async fn a_thousand_unread_streams_neither_bloat_a_seeder_nor_starve_an_honest_d
     let server = SocketAddr::from(([127, 0, 0, 1], port));
     let pid = seeder.pid();
 
-    // Unattacked: the best of two downloads.
-    let mut quiet = Vec::new();
-    for i in 0..2 {
-        quiet.push(honest_get(tracker.addr, &format!("quiet{i}"), &data).await);
-    }
     let rss_before = status_kib(pid, "VmRSS");
-
-    let attack = Arc::new(Attack::default());
-    let stop = CancellationToken::new();
-    let attackers: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            tokio::spawn(attack_connection(
-                server,
-                blocks,
-                STREAMS_PER_CONNECTION,
-                attack.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
     let per_address = p2pshare::peer::server::DEFAULT_MAX_STREAMS_PER_ADDRESS;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while attack.held.load(Ordering::SeqCst) < per_address {
-        assert!(
-            Instant::now() < deadline,
-            "the attacker never got its share"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let attack = Arc::new(Attack::default());
     let rss_peak = Arc::new(AtomicU64::new(0));
+    let sampling = CancellationToken::new();
     let sampler = {
-        let (rss_peak, stop) = (rss_peak.clone(), stop.clone());
+        let (rss_peak, sampling) = (rss_peak.clone(), sampling.clone());
         tokio::spawn(async move {
-            while !stop.is_cancelled() {
+            while !sampling.is_cancelled() {
                 rss_peak.fetch_max(status_kib(pid, "VmRSS"), Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     };
-
-    // Attacked: the best of two downloads.
-    let mut attacked = Vec::new();
-    for i in 0..2 {
-        attacked.push(honest_get(tracker.addr, &format!("attacked{i}"), &data).await);
+    // Rounds of one download without the attack and one under it, interleaved so that load
+    // from elsewhere on the machine weighs on both alike; the best of each is compared.
+    let (mut quiet, mut attacked) = (Vec::new(), Vec::new());
+    let mut rss_end = 0;
+    for round in 0..ROUNDS {
+        quiet.push(honest_get(tracker.addr, &format!("quiet{round}"), &data).await);
+        let stop = CancellationToken::new();
+        let attackers: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                tokio::spawn(attack_connection(
+                    server,
+                    blocks,
+                    STREAMS_PER_CONNECTION,
+                    attack.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while attack.held.load(Ordering::SeqCst) < per_address {
+            assert!(
+                Instant::now() < deadline,
+                "the attacker never got its share"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if round == 0 {
+            // What the attack alone costs the seeder (refusing about a thousand calls a second).
+            let cpu = tokio::task::spawn_blocking(move || cpu_share(pid, Duration::from_secs(1)))
+                .await
+                .unwrap();
+            eprintln!("seeder CPU under the attack alone: {:.0} %", cpu * 100.0);
+        }
+        attacked.push(honest_get(tracker.addr, &format!("attacked{round}"), &data).await);
+        if round + 1 == ROUNDS {
+            // The attack goes on until the seeder has closed stalled connections three times
+            // over and the attacker has retaken its share on new ones: the buffers of the old
+            // ones must not pile up.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let closed_at_start = attack.closed_by_server.load(Ordering::SeqCst);
+            while attack.closed_by_server.load(Ordering::SeqCst) < closed_at_start + 3
+                || attack.held.load(Ordering::SeqCst) < per_address
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "stalled connections were not closed and retaken"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            rss_end = status_kib(pid, "VmRSS");
+        }
+        stop.cancel();
+        for a in attackers {
+            a.await.unwrap();
+        }
     }
-    // The attack goes on until the seeder has closed stalled connections and the attacker has
-    // retaken its share from new ones: the buffers of the old ones must not pile up.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let closed_at_start = attack.closed_by_server.load(Ordering::SeqCst);
-    while attack.closed_by_server.load(Ordering::SeqCst) < closed_at_start + CONNECTIONS as u64
-        || attack.held.load(Ordering::SeqCst) < per_address
-    {
-        assert!(
-            Instant::now() < deadline,
-            "stalled connections were not closed and retaken"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let rss_end = status_kib(pid, "VmRSS");
-    stop.cancel();
-    for a in attackers {
-        a.await.unwrap();
-    }
+    sampling.cancel();
     sampler.await.unwrap();
     let hwm = status_kib(pid, "VmHWM");
 
@@ -492,7 +504,6 @@ async fn a_thousand_unread_streams_neither_bloat_a_seeder_nor_starve_an_honest_d
         attack.refused.load(Ordering::SeqCst),
         attack.closed_by_server.load(Ordering::SeqCst)
     );
-    assert!(attack.held_max.load(Ordering::SeqCst) <= per_address);
     assert!(attack.refused.load(Ordering::SeqCst) > 0);
     assert!(hwm < 256 << 10, "the seeder peaked at {} MiB", hwm >> 10);
     assert!(

@@ -403,12 +403,23 @@ impl Peer for PeerService {
         request: Request<pb::GetBlocksRequest>,
     ) -> Result<Response<Self::GetBlocksStream>, Status> {
         let remote_addr = request.remote_addr();
-        let remote = remote_addr.map_or_else(|| "unknown".to_string(), |a| a.to_string());
-        let requester = Requester::of(&request);
-        let req = request.into_inner();
         if self.shutdown.is_cancelled() {
             return Err(ServeError::ShuttingDown.into());
         }
+        // First: refusing a client over its share must cost next to nothing (a flood of such
+        // requests is the attack this cap is for), and the choker must not count or queue it.
+        let address_slot = match remote_addr {
+            Some(addr) => Some(
+                self.address_streams
+                    .try_take(addr.ip().to_canonical())
+                    .ok_or(ServeError::AddressBusy(self.address_streams.cap()))?,
+            ),
+            // Not over TCP (an in-process transport): no address to share by.
+            None => None,
+        };
+        let remote = remote_addr.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let requester = Requester::of(&request);
+        let req = request.into_inner();
         if req.block_count == 0 {
             return Err(
                 ServeError::InvalidArgument("block_count must be at least 1".into()).into(),
@@ -436,16 +447,6 @@ impl Peer for PeerService {
                 .into());
             }
         }
-        // Before the choker, which would otherwise count (and queue) a client over its share.
-        let address_slot = match remote_addr {
-            Some(addr) => Some(
-                self.address_streams
-                    .try_take(addr.ip().to_canonical())
-                    .ok_or(ServeError::AddressBusy(self.address_streams.cap()))?,
-            ),
-            // Not over TCP (an in-process transport): no address to share by.
-            None => None,
-        };
         let admission = {
             let book = self.book.clone();
             let received = move |key: &str| book.received(key);
