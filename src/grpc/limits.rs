@@ -91,8 +91,8 @@ pub struct ConnectionFlags {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections_per_address: u64,
-    /// Seconds a connection may stay open with no call in flight (a tracker keeps it at least
-    /// three heartbeat intervals).
+    /// Seconds a connection may stay open with no call in flight (the tracker raises it to three
+    /// heartbeat intervals if shorter).
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_connection_timeout: u64,
