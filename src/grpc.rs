@@ -16,13 +16,23 @@
 //! * **Dead or silent connections**: HTTP/2 keepalive pings every
 //!   [`ServerLimits::keepalive_interval`], answer due within [`ServerLimits::keepalive_timeout`];
 //!   then the connection is closed and its calls end.
+//! * **Idle connections**: a connection with no call in flight for
+//!   [`ServerLimits::idle_timeout`] is closed (answered keepalive pings do not keep it open).
+//! * **Unread responses**: a connection whose client takes nothing of a response for
+//!   [`ServerLimits::client_stall_timeout`] (it sends no flow-control update) is closed, which is
+//!   what frees the data buffered for it: hyper cannot end one stream whose send window is zero.
+//! * **Connections**: at most [`ServerLimits::max_connections`] at once (then the server stops
+//!   accepting until one closes; the default follows the open-file limit, so `accept` does not
+//!   run out of descriptors first), at most [`ServerLimits::max_connections_per_address`] from
+//!   one IP address (more are closed as soon as they are accepted). Accept errors such as EMFILE
+//!   are retried after a backoff (100 ms doubling to 1 s), never in a busy loop, and serving
+//!   resumes by itself when descriptors free up.
 //! * **Header block size**: 16 KiB (hyper's default); past it the stream is refused.
 //! * **Compressed requests**: not accepted (UNIMPLEMENTED): no decompression bombs.
 //!
-//! Connections that are alive but idle are kept (tonic has no idle timeout for HTTP/2, and
-//! closing them would only cost the next call a handshake). What a streaming call may hold once it
-//! runs is the service's business: the Peer service caps its `GetBlocks` streams and ends one whose
-//! client stops reading (see [`crate::peer::server`]).
+//! What a streaming call may hold once it runs is the service's business: the Peer service caps
+//! its `GetBlocks` streams, all together and per client address, and ends one whose client stops
+//! reading (see [`crate::peer::server`]).
 //!
 //! # Private swarms (both optional, off by default)
 //!
@@ -49,7 +59,9 @@
 //! # Where things are
 //!
 //! * `server`: serving routes with reflection and health on a bound listener ([`serve_with`],
-//!   [`serve_with_security`]), [`ServerLimits`].
+//!   [`serve_with_security`]).
+//! * `limits`: [`ServerLimits`] and the command-line flags that set them ([`ConnectionFlags`]).
+//! * `connections`: the accept loop, the caps on connections, and closing idle or stalled ones.
 //! * `client`: lazily connecting channels tuned for bulk streaming ([`channel`],
 //!   [`ClientSecurity::channel`]) and what a failed connection means
 //!   ([`ClientSecurity::explain_connection_failure`]).
@@ -59,18 +71,24 @@
 //!   [`ClearLimits`].
 
 mod client;
+mod connections;
+mod limits;
 mod middleware;
 mod security;
 mod server;
 
 pub(crate) use client::error_chain;
 pub use client::{channel, ClientChannel};
+pub use limits::{
+    default_max_connections, ConnectionFlags, ServerLimits, DEFAULT_CLIENT_STALL_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+};
 pub use middleware::{ClearLimits, SwarmKeyInterceptor};
 pub(crate) use security::TLS_HANDSHAKE_TIMEOUT;
 pub use security::{
     ClientSecurity, SecurityError, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa,
 };
-pub use server::{serve_with, serve_with_security, ServerLimits, ServiceKind};
+pub use server::{serve_with, serve_with_security, ServiceKind};
 
 /// HTTP/2 frame size both sides accept: 1 MiB frames move bulk data with far fewer frames (and
 /// syscalls) than the 16 KiB default; measured ~2x on loopback streaming.

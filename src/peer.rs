@@ -195,13 +195,14 @@ impl PeerNode {
         let server = {
             let token = shutdown.clone();
             let security = config.server_security.clone();
+            let connection_limits = config.limits.connections.clone();
             tokio::spawn(async move {
                 let routes = tonic::service::Routes::new(service.into_server());
                 if let Err(e) = crate::grpc::serve_with_security(
                     listener,
                     routes,
                     crate::grpc::ServiceKind::Peer,
-                    &crate::grpc::ServerLimits::default(),
+                    &connection_limits,
                     &security,
                     async move { token.cancelled().await },
                 )

@@ -84,7 +84,8 @@ pub async fn serve_with_security(
 }
 
 /// [`serve_with_security`] with the registry's caps given (for the same reason as the
-/// security settings, an argument rather than a [`TrackerConfig`] field).
+/// security settings, an argument rather than a [`TrackerConfig`] field), and the default
+/// connection limits.
 pub async fn serve_with_limits(
     listener: TcpListener,
     config: TrackerConfig,
@@ -92,7 +93,27 @@ pub async fn serve_with_limits(
     security: ServerSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let service = TrackerService::new(&config, limits);
+    let connections = crate::grpc::ServerLimits::default();
+    serve_configured(listener, config, limits, security, &connections, shutdown).await
+}
+
+/// [`serve_with_limits`] with explicit connection limits too (caps on connections, idle and
+/// stall timeouts: see [`crate::grpc::ServerLimits`]), as the `tracker` binary's flags set them.
+/// The idle timeout is raised to three heartbeat intervals if it is shorter: a live peer's
+/// connection is then never idle, and closing an idle one never races a peer's next heartbeat.
+pub async fn serve_configured(
+    listener: TcpListener,
+    config: TrackerConfig,
+    registry_limits: TrackerLimits,
+    security: ServerSecurity,
+    connections: &crate::grpc::ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let limits = crate::grpc::ServerLimits {
+        idle_timeout: connections.idle_timeout.max(config.heartbeat_interval * 3),
+        ..connections.clone()
+    };
+    let service = TrackerService::new(&config, registry_limits);
     let reaper = {
         let service = service.clone();
         let period = (config.heartbeat_interval / 2).max(Duration::from_millis(100));
@@ -112,7 +133,7 @@ pub async fn serve_with_limits(
         listener,
         tonic::service::Routes::new(crate::grpc::ClearLimits::new(server)),
         crate::grpc::ServiceKind::Tracker,
-        &crate::grpc::ServerLimits::default(),
+        &limits,
         &security,
         shutdown,
     )

@@ -1078,7 +1078,12 @@ async fn one_connection_cannot_take_every_stream() {
     let data = content(16 * MIB, 5);
     let block_count = (data.len() / 4096) as u64;
     sandbox.share("f", &data);
-    let peer = sandbox.start_peer(&tracker, |_| {}).await;
+    // Both clients are on 127.0.0.1: the per-address cap (tests/flood.rs) must not bite first.
+    let peer = sandbox
+        .start_peer(&tracker, |c| {
+            c.limits.max_streams_per_address = p2pshare::peer::server::DEFAULT_MAX_STREAMS
+        })
+        .await;
     let addr = peer.node.local_addr();
     let per_connection = ServerLimits::default().max_streams_per_connection as usize;
     assert!(per_connection < p2pshare::peer::server::DEFAULT_MAX_STREAMS);

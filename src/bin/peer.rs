@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use p2pshare::grpc::{SwarmKey, TlsIdentity, TrustedCa};
+use p2pshare::grpc::{ConnectionFlags, SwarmKey, TlsIdentity, TrustedCa};
 use p2pshare::peer::server::{RateLimiter, ServeLimits};
 use p2pshare::peer::{PeerConfig, PeerNode};
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +43,10 @@ struct Args {
     /// Cap on concurrent GetBlocks streams served.
     #[arg(long, default_value_t = p2pshare::peer::server::DEFAULT_MAX_STREAMS)]
     max_streams: usize,
+    /// Cap on concurrent GetBlocks streams served to one IP address (below --max-streams), so
+    /// that one client cannot take every slot.
+    #[arg(long, default_value_t = p2pshare::peer::server::DEFAULT_MAX_STREAMS_PER_ADDRESS)]
+    max_streams_per_address: usize,
     /// Seconds without data before a holder is given up on during a download.
     #[arg(long, default_value_t = 10)]
     stall_timeout: u64,
@@ -80,6 +84,8 @@ struct Args {
     /// (PEM). Requires --tls-cert and --tls-key: in a TLS swarm everyone serves TLS.
     #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
     tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    connections: ConnectionFlags,
 }
 
 fn main() -> std::process::ExitCode {
@@ -124,8 +130,10 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
     config.set_swarm_security(args.swarm_key.clone(), tls);
     config.limits = ServeLimits {
         max_streams: args.max_streams.max(1),
+        max_streams_per_address: args.max_streams_per_address.max(1),
         upload_rate: args.max_upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
         upload_slots: args.upload_slots.max(1),
+        connections: args.connections.limits(),
     };
     let (node, info) = PeerNode::start(config, listener)
         .await

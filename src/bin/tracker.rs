@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use p2pshare::grpc::{ServerSecurity, SwarmKey, TlsIdentity};
+use p2pshare::grpc::{ConnectionFlags, ServerSecurity, SwarmKey, TlsIdentity};
 use p2pshare::tracker::TrackerLimits;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -53,6 +53,8 @@ struct Args {
     /// memory (about 350-600 bytes an entry, by name length).
     #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_catalog_files)]
     max_catalog_files: usize,
+    #[command(flatten)]
+    connections: ConnectionFlags,
 }
 
 #[tokio::main]
@@ -99,11 +101,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_files_per_ip: args.max_files_per_ip,
         max_catalog_files: args.max_catalog_files,
     };
-    p2pshare::tracker::serve_with_limits(
+    p2pshare::tracker::serve_configured(
         listener,
         config,
         limits,
         security,
+        &args.connections.limits(),
         p2pshare::cli::shutdown_signal(),
     )
     .await?;

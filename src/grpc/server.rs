@@ -1,46 +1,17 @@
 //! Serving: a service's routes plus reflection and health on an already-bound listener, with
 //! the connection limits and security every server applies (see [`crate::grpc`]).
 
+use super::connections::{sweep, CallTrackerLayer, Connections, Incoming};
 use super::middleware::SwarmKeyLayer;
-use super::{ServerSecurity, MAX_FRAME_SIZE};
+use super::{ServerLimits, ServerSecurity, MAX_FRAME_SIZE};
 use std::future::Future;
-use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
 
 /// The encoded `FileDescriptorSet` of `proto/*.proto`, for server reflection.
 pub(crate) const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/p2pshare_descriptor.bin"));
-
-/// Limits a server applies to every connection it accepts. See the module documentation.
-#[derive(Debug, Clone)]
-pub struct ServerLimits {
-    /// Calls (HTTP/2 streams) one connection may have open at once: the per-client cap. More
-    /// wait on the client side until one ends. The downloader opens 2 streams per holder, and
-    /// each download its own connection, so 32 is far above what one download uses; it caps
-    /// clients that open many streams on one connection.
-    pub max_streams_per_connection: u32,
-    /// How long a call may take to deliver its request and have its handler answer (for a
-    /// server-streaming call: until the stream starts; the stream itself is not cut).
-    pub request_timeout: Duration,
-    /// Interval of HTTP/2 keepalive pings, so dead clients are noticed even when no call runs.
-    pub keepalive_interval: Duration,
-    /// How long a keepalive ping may go unanswered before the connection is closed.
-    pub keepalive_timeout: Duration,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        ServerLimits {
-            max_streams_per_connection: 32,
-            request_timeout: Duration::from_secs(30),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(20),
-        }
-    }
-}
 
 /// Which service a server runs (names the health entry).
 #[derive(Debug, Clone, Copy)]
@@ -129,31 +100,31 @@ pub async fn serve_with_security(
     if let Some(tls) = &security.tls {
         builder = builder.tls_config(tls.server_config())?;
     }
+    let connections = Connections::new(limits);
+    let incoming = Incoming::new(listener, connections.clone(), limits.max_connections);
+    // Stops with this future, also when it is dropped unfinished (a peer aborts its server
+    // task when draining takes too long).
+    let _sweeper = AbortOnDrop(tokio::spawn(sweep(connections.clone())));
     builder
-        .tcp_nodelay(true)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_concurrent_streams(limits.max_streams_per_connection)
         .timeout(limits.request_timeout)
         // Dead clients are noticed even when no call is in flight.
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // Outermost, so it sees every call, refused ones included.
+        .layer(CallTrackerLayer::new(connections))
         .layer(SwarmKeyLayer::new(security.swarm_key.as_ref()))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming_nodelay(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
-/// Accepted connections with Nagle's algorithm off. `Server::tcp_nodelay` only applies to
-/// listeners tonic binds itself; on ours, small answers would wait for the peer's delayed ACK
-/// (about 40 ms a request, measured: WhoHas fell to ~90 requests/s).
-fn incoming_nodelay(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        // A socket that refuses the option still works, only slower.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    })
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -19,11 +19,19 @@
 //! * Block ranges are checked without overflow: empty is INVALID_ARGUMENT, past the end (or past
 //!   `u64::MAX`) OUT_OF_RANGE.
 //! * Requests over [`MAX_REQUEST_BYTES`] are refused RESOURCE_EXHAUSTED before they are read.
-//! * Streams: at most [`ServeLimits::max_streams`] at once (then RESOURCE_EXHAUSTED), at most
-//!   [`crate::grpc::ServerLimits::max_streams_per_connection`] per connection, each holding at most
-//!   [`READ_AHEAD_MESSAGES`] messages of read-ahead; a stream whose client reads nothing for the
-//!   idle timeout ([`DEFAULT_STREAM_IDLE_TIMEOUT`]) is ended with DEADLINE_EXCEEDED and its slot
-//!   freed, so clients that open streams and never read cannot keep others out for long.
+//! * Streams: at most [`ServeLimits::max_streams`] at once, at most
+//!   [`ServeLimits::max_streams_per_address`] from one IP address (past either:
+//!   RESOURCE_EXHAUSTED), at most [`crate::grpc::ServerLimits::max_streams_per_connection`] per
+//!   connection, each holding at most [`READ_AHEAD_MESSAGES`] messages of read-ahead. One client
+//!   address, however many connections and peer ids it uses, never holds more than its share, so
+//!   others are served at once.
+//! * A stream whose client reads nothing for the idle timeout ([`DEFAULT_STREAM_IDLE_TIMEOUT`])
+//!   is ended with DEADLINE_EXCEEDED and its slot freed; the data already queued for it is freed
+//!   when the server closes the connection, after
+//!   [`crate::grpc::ServerLimits::client_stall_timeout`] (see [`crate::grpc`]: hyper does not poll
+//!   a stream whose window is zero, so nothing less than the connection can be taken back). Until
+//!   then the stream still counts against its address's share, so a client that never reads
+//!   holds at most that share's buffers.
 
 mod limits;
 mod stream;
@@ -39,6 +47,7 @@ use crate::pb::peer::peer_server::{Peer, PeerServer};
 use crate::peer::book::{SwarmBook, MAX_EXCHANGED};
 use crate::peer::choke::{Admission, Choker};
 use crate::peer::store::{GrowingFile, SharedFile, Store};
+use limits::{AddressCounted, AddressStreams};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::pin::Pin;
@@ -60,6 +69,10 @@ pub(crate) const MAX_BLOCKS_PER_MESSAGE: u64 = 64;
 pub(crate) const READ_AHEAD_MESSAGES: usize = 4;
 /// Default cap on concurrent `GetBlocks` streams served by one peer.
 pub const DEFAULT_MAX_STREAMS: usize = 128;
+/// Default cap on concurrent `GetBlocks` streams served to one IP address: an eighth of
+/// [`DEFAULT_MAX_STREAMS`]. A download takes 2 streams per holder, so this is 8 downloads from
+/// one address at once.
+pub const DEFAULT_MAX_STREAMS_PER_ADDRESS: usize = 16;
 /// A `GetBlocks` stream whose client takes none of the read-ahead for this long is ended (and its
 /// slot freed).
 pub(crate) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,6 +109,12 @@ pub(crate) enum ServeError {
     /// Too many streams at once.
     #[error("peer busy: {0} concurrent streams already; retry later or ask another holder")]
     Busy(usize),
+    /// Too many streams at once from the client's address.
+    #[error(
+        "peer busy: {0} concurrent streams from your address already; retry when one ends or ask \
+         another holder"
+    )]
+    AddressBusy(usize),
     /// Every upload slot is taken by other downloaders (choked).
     #[error("choked: serving {slots} other downloaders; retry in {retry:?} or ask another holder")]
     Choked {
@@ -135,7 +154,9 @@ impl From<ServeError> for Status {
             }
             ServeError::NotShared(_) => Status::not_found(message),
             ServeError::OutOfRange { .. } => Status::out_of_range(message),
-            ServeError::Busy(_) | ServeError::Choked { .. } => Status::resource_exhausted(message),
+            ServeError::Busy(_) | ServeError::AddressBusy(_) | ServeError::Choked { .. } => {
+                Status::resource_exhausted(message)
+            }
             ServeError::NotYet { .. } => Status::failed_precondition(message),
             ServeError::Stalled(_) => Status::deadline_exceeded(message),
             ServeError::ChangedOnDisk(_) => Status::data_loss(message),
@@ -150,6 +171,8 @@ impl From<ServeError> for Status {
 pub struct PeerService {
     store: Arc<Store>,
     streams: Arc<Semaphore>,
+    /// Streams per client address.
+    address_streams: Arc<AddressStreams>,
     limits: ServeLimits,
     idle_timeout: Duration,
     /// Every stream runs under a child of it.
@@ -229,6 +252,7 @@ impl PeerService {
         PeerService {
             store,
             streams: Arc::new(Semaphore::new(limits.max_streams)),
+            address_streams: AddressStreams::new(limits.max_streams_per_address),
             choker: Arc::new(std::sync::Mutex::new(Choker::new(
                 limits.upload_slots,
                 Instant::now(),
@@ -382,14 +406,24 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::GetBlocksRequest>,
     ) -> Result<Response<Self::GetBlocksStream>, Status> {
-        let remote = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-        let requester = Requester::of(&request);
-        let req = request.into_inner();
+        let remote_addr = request.remote_addr();
         if self.shutdown.is_cancelled() {
             return Err(ServeError::ShuttingDown.into());
         }
+        // First: refusing a client over its share must cost next to nothing (a flood of such
+        // requests is the attack this cap is for), and the choker must not count or queue it.
+        let address_slot = match remote_addr {
+            Some(addr) => Some(
+                self.address_streams
+                    .try_take(addr.ip().to_canonical())
+                    .ok_or(ServeError::AddressBusy(self.address_streams.cap()))?,
+            ),
+            // Not over TCP (an in-process transport): no address to share by.
+            None => None,
+        };
+        let remote = remote_addr.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let requester = Requester::of(&request);
+        let req = request.into_inner();
         if req.block_count == 0 {
             return Err(
                 ServeError::InvalidArgument("block_count must be at least 1".into()).into(),
@@ -496,7 +530,10 @@ impl Peer for PeerService {
             tracing::debug!("streaming");
             job.run(tx);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(AddressCounted::new(
+            ReceiverStream::new(rx),
+            address_slot,
+        ))))
     }
 
     async fn get_pieces(

@@ -1,11 +1,20 @@
-//! What the Peer service allows: concurrent streams, and the upload rate shared by all of them.
+//! What the Peer service allows: concurrent streams (all together and per client address), the
+//! upload rate shared by all of them, and what its server allows each connection.
 
-use super::{DEFAULT_MAX_STREAMS, MAX_BLOCKS_PER_MESSAGE};
+use super::{DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_ADDRESS, MAX_BLOCKS_PER_MESSAGE};
 use crate::chunking::BLOCK_SIZE;
+use crate::pb::peer as pb;
 use governor::{DefaultDirectRateLimiter, Quota};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::Status;
 
 /// The limiter counts in cells of this many bytes: whole bytes would need a replenish period
 /// under a nanosecond past 1 GB/s, which governor cannot express.
@@ -71,20 +80,120 @@ impl RateLimiter {
 pub struct ServeLimits {
     /// Concurrent `GetBlocks` streams.
     pub max_streams: usize,
+    /// Concurrent `GetBlocks` streams from one IP address, so that one client (however many
+    /// connections and peer ids it uses) cannot take every stream slot. Meant to be below
+    /// `max_streams`; whichever is lower applies.
+    pub max_streams_per_address: usize,
     /// Upload budget shared by all streams, if any.
     pub upload_rate: Option<Arc<RateLimiter>>,
     /// Downloaders served at once (the others are choked until a rotation; see
     /// [`crate::peer::choke`]).
     pub upload_slots: usize,
+    /// What the peer's server allows each connection, and how many (see [`crate::grpc`]).
+    pub connections: crate::grpc::ServerLimits,
 }
 
 impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
             max_streams: DEFAULT_MAX_STREAMS,
+            max_streams_per_address: DEFAULT_MAX_STREAMS_PER_ADDRESS,
             upload_rate: None,
             upload_slots: crate::peer::choke::DEFAULT_UPLOAD_SLOTS,
+            connections: crate::grpc::ServerLimits::default(),
         }
+    }
+}
+
+/// Counts the streams served to each client IP address against a cap.
+#[derive(Debug)]
+pub(super) struct AddressStreams {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl AddressStreams {
+    pub(super) fn new(cap: usize) -> Arc<Self> {
+        Arc::new(AddressStreams {
+            cap: cap.max(1),
+            open: Mutex::default(),
+        })
+    }
+
+    /// The cap.
+    pub(super) fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// A stream slot for `ip`, unless it has `cap` streams already.
+    pub(super) fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressStream> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_default();
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressStream {
+            owner: self.clone(),
+            ip,
+        })
+    }
+
+    #[cfg(test)]
+    fn open(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// One stream's place in its address's share, given back when dropped.
+#[derive(Debug)]
+pub(super) struct AddressStream {
+    owner: Arc<AddressStreams>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressStream {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A `GetBlocks` response stream holding its place in its client address's share: given back at
+/// the stream's end (when its last item is taken) or when hyper drops the stream (the client
+/// reset it, or its connection closed), never while the client still has data to take.
+pub(super) struct AddressCounted {
+    inner: ReceiverStream<Result<pb::GetBlocksResponse, Status>>,
+    slot: Option<AddressStream>,
+}
+
+impl AddressCounted {
+    pub(super) fn new(
+        inner: ReceiverStream<Result<pb::GetBlocksResponse, Status>>,
+        slot: Option<AddressStream>,
+    ) -> Self {
+        AddressCounted { inner, slot }
+    }
+}
+
+impl Stream for AddressCounted {
+    type Item = Result<pb::GetBlocksResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_next(cx);
+        if let Poll::Ready(None | Some(Err(_))) = &polled {
+            // The end (a failed stream ends with its status): a client that saw it may open
+            // another stream at once.
+            this.slot = None;
+        }
+        polled
     }
 }
 
@@ -116,6 +225,26 @@ mod tests {
         let took = time_to_send(&limiter, 3, 100).await;
         assert!(took < Duration::from_millis(100), "{took:?}");
         limiter.wait(usize::MAX).await;
+    }
+
+    #[test]
+    fn each_address_has_its_own_share_of_streams() {
+        let streams = AddressStreams::new(2);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let first = streams.try_take(a).unwrap();
+        let second = streams.try_take(a).unwrap();
+        assert!(streams.try_take(a).is_none());
+        let other = streams.try_take(b).unwrap();
+        drop(first);
+        assert_eq!(streams.open(a), 1);
+        let third = streams.try_take(a).unwrap();
+        drop((second, third, other));
+        assert_eq!((streams.open(a), streams.open(b)), (0, 0));
+        assert!(
+            streams.open.lock().unwrap().is_empty(),
+            "no entry kept for nothing"
+        );
     }
 
     #[test]
