@@ -352,21 +352,6 @@ impl Drop for ProgressDisplay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
-    /// Log output written to memory.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// Text with the colour sequences taken out.
     fn without_sgr(text: &str) -> String {
@@ -392,7 +377,7 @@ mod tests {
     /// One record logged with network text in a span field, in display and debug fields, in
     /// the message and in an error's causes; formatted with and without colours.
     fn hostile_record(ansi: bool) -> String {
-        let logs = Captured::default();
+        let logs = crate::testing::CapturedLogs::default();
         let writer = logs.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(ansi)
@@ -418,7 +403,7 @@ mod tests {
                 "\u{9b}world\r"
             );
         });
-        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let text = logs.text();
         text
     }
 

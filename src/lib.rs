@@ -23,6 +23,9 @@ pub mod peer;
 pub(crate) mod progress;
 pub mod tracker;
 
+#[cfg(test)]
+mod testing;
+
 /// Code generated from `proto/` by `build.rs`.
 #[allow(missing_docs, clippy::all)]
 pub mod pb {

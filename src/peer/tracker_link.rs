@@ -475,22 +475,6 @@ impl TrackerLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{self, Write};
-    use std::sync::Arc;
-
-    /// Log output written to memory, to be read back.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn catalogs_are_cut_into_batches_under_the_budget() {
@@ -530,14 +514,8 @@ mod tests {
 
     #[tokio::test]
     async fn each_call_runs_in_a_span_naming_the_rpc_and_the_tracker() {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let logs = crate::testing::CapturedLogs::default();
+        let _guard = tracing::subscriber::set_default(logs.debug_subscriber());
         // A port nobody listens on any more: the call fails at once.
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -552,7 +530,7 @@ mod tests {
             "{error}"
         );
 
-        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let text = logs.text();
         let span = format!(r#"tracker_call{{rpc="WhoHas" tracker={closed}}}"#);
         assert!(
             text.lines()

@@ -277,33 +277,12 @@ impl Tracker for TrackerService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{self, Write};
     use tonic::Code;
-
-    /// Log output written to memory, to be read back.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[tokio::test]
     async fn each_call_runs_in_a_span_naming_the_rpc_and_only_a_well_formed_peer() {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let logs = crate::testing::CapturedLogs::default();
+        let _guard = tracing::subscriber::set_default(logs.debug_subscriber());
         let service = TrackerService::new(&TrackerConfig::default(), TrackerLimits::default());
         let heartbeat = |peer_id: &str| {
             Request::new(pb::HeartbeatRequest {
@@ -319,7 +298,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(malformed.code(), Code::InvalidArgument);
 
-        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let text = logs.text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(
