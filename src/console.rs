@@ -403,8 +403,7 @@ mod tests {
                 "\u{9b}world\r"
             );
         });
-        let text = logs.text();
-        text
+        logs.text()
     }
 
     #[test]
