@@ -20,6 +20,7 @@ mod common;
 #[path = "boundary/support.rs"]
 mod support;
 
+use common::scripted_tracker::*;
 use common::{content, TestPeer};
 use p2pshare::chunking::ContentId;
 use p2pshare::console::ProgressMode;
@@ -49,7 +50,7 @@ async fn a_hostile_tracker_cannot_crash_or_garble_the_shell() {
         .unwrap();
     // The one honest holder, registered with a tracker of its own (which answers Register
     // honestly); the hostile tracker below lists it by address.
-    let seeder_tracker = start_hostile_tracker(Answers {
+    let seeder_tracker = start_scripted_tracker(Answers {
         register: None,
         versions: vec![],
         files: vec![],
@@ -121,7 +122,7 @@ async fn a_hostile_tracker_cannot_crash_or_garble_the_shell() {
         addr: tracker,
         registered,
         ..
-    } = start_hostile_tracker(answers).await;
+    } = start_scripted_tracker(answers).await;
 
     let tmp = tempfile::tempdir().unwrap();
     let (mut child, lines) = spawn_shell("D", tracker, tmp.path());
@@ -320,7 +321,7 @@ async fn a_malformed_registration_answer_is_refused_in_words() {
         ),
         (answer("", "127.0.0.1:1"), "session token of 0 bytes"),
     ] {
-        let tracker = start_hostile_tracker(Answers {
+        let tracker = start_scripted_tracker(Answers {
             register: Some(register),
             versions: vec![],
             files: vec![],
@@ -487,7 +488,7 @@ fn any_tracker_answer_through_the_shell_is_safe() {
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (tracker, node) = runtime.block_on(async {
-        let tracker = start_hostile_tracker(Answers {
+        let tracker = start_scripted_tracker(Answers {
             register: None,
             versions: vec![],
             files: vec![],

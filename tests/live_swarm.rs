@@ -5,19 +5,18 @@
 
 mod common;
 
+use common::scripted_tracker::{start_scripted_tracker, Answers};
 use common::{content, seeded_dir, IsolatedPeer, TestPeer, TestTracker};
 use p2pshare::chunking::{Bitfield, ContentId, Manifest};
 use p2pshare::pb::peer as pb;
 use p2pshare::pb::peer::peer_client::PeerClient;
 use p2pshare::pb::tracker as tpb;
-use p2pshare::pb::tracker::tracker_server::{Tracker, TrackerServer};
 use p2pshare::peer::download::{Destination, DownloadRequest, Progress};
 use p2pshare::peer::server::RateLimiter;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
 
 const MIB: usize = 1 << 20;
 
@@ -301,83 +300,6 @@ async fn a_download_outlives_the_tracker_with_holders_learned_by_exchange() {
         .any(|h| h.peer_id == "D1" && h.bytes > 0));
 }
 
-/// A tracker that answers `WhoHas` with a fixed list (and accepts the downloader's own calls).
-struct ListingTracker {
-    version: tpb::FileVersion,
-}
-
-#[tonic::async_trait]
-impl Tracker for ListingTracker {
-    async fn register(
-        &self,
-        _: Request<tpb::RegisterRequest>,
-    ) -> Result<Response<tpb::RegisterResponse>, Status> {
-        Ok(Response::new(tpb::RegisterResponse {
-            session_token: "t".into(),
-            heartbeat_interval_secs: 10,
-            advertised_address: "127.0.0.1:9".into(),
-            ..Default::default()
-        }))
-    }
-    async fn heartbeat(
-        &self,
-        _: Request<tpb::HeartbeatRequest>,
-    ) -> Result<Response<tpb::HeartbeatResponse>, Status> {
-        Ok(Response::new(tpb::HeartbeatResponse {
-            heartbeat_interval_secs: 10,
-        }))
-    }
-    async fn announce_file(
-        &self,
-        _: Request<tpb::AnnounceFileRequest>,
-    ) -> Result<Response<tpb::AnnounceFileResponse>, Status> {
-        Ok(Response::new(tpb::AnnounceFileResponse {}))
-    }
-    async fn withdraw_file(
-        &self,
-        _: Request<tpb::WithdrawFileRequest>,
-    ) -> Result<Response<tpb::WithdrawFileResponse>, Status> {
-        Ok(Response::new(tpb::WithdrawFileResponse {}))
-    }
-    async fn who_has(
-        &self,
-        _: Request<tpb::WhoHasRequest>,
-    ) -> Result<Response<tpb::WhoHasResponse>, Status> {
-        Ok(Response::new(tpb::WhoHasResponse {
-            versions: vec![self.version.clone()],
-        }))
-    }
-    async fn leave(
-        &self,
-        _: Request<tpb::LeaveRequest>,
-    ) -> Result<Response<tpb::LeaveResponse>, Status> {
-        Ok(Response::new(tpb::LeaveResponse {}))
-    }
-    async fn list_peers(
-        &self,
-        _: Request<tpb::ListPeersRequest>,
-    ) -> Result<Response<tpb::ListPeersResponse>, Status> {
-        Ok(Response::new(tpb::ListPeersResponse::default()))
-    }
-    async fn list_files(
-        &self,
-        _: Request<tpb::ListFilesRequest>,
-    ) -> Result<Response<tpb::ListFilesResponse>, Status> {
-        Ok(Response::new(tpb::ListFilesResponse::default()))
-    }
-}
-
-async fn start_listing_tracker(version: tpb::FileVersion) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TrackerServer::new(ListingTracker { version }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousands_of_dead_listed_holders_cost_a_download_little() {
     let real = TestTracker::start(Duration::from_secs(10)).await;
@@ -409,13 +331,22 @@ async fn thousands_of_dead_listed_holders_cost_a_download_little() {
         address: seeder.node.local_addr().to_string(),
         partial: false,
     });
-    let tracker = start_listing_tracker(tpb::FileVersion {
-        name: "f".into(),
-        size: data.len() as u64,
-        content_id: ContentId::of(&data).to_hex(),
-        holders,
+    let tracker = start_scripted_tracker(Answers {
+        register: None,
+        versions: vec![(
+            "f".into(),
+            vec![tpb::FileVersion {
+                name: "f".into(),
+                size: data.len() as u64,
+                content_id: ContentId::of(&data).to_hex(),
+                holders,
+            }],
+        )],
+        files: vec![],
+        peers: vec![],
     })
-    .await;
+    .await
+    .addr;
     let downloader = TestPeer::start("D", tracker, &[]).await;
 
     let started = Instant::now();

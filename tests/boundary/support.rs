@@ -1,166 +1,21 @@
-//! What `tests/boundary.rs` builds on: a hostile tracker written against the generated stubs
-//! (answers set by the test, registrations remembered), the pieces of its answers, the `peer`
-//! binary driven through its shell, and proptest strategies for decoded tracker answers.
+//! What `tests/boundary.rs` builds on: the pieces of a hostile tracker's answers (the tracker is
+//! `common::scripted_tracker`), the `peer` binary driven through its shell, and proptest
+//! strategies for decoded tracker answers.
 
 use p2pshare::chunking::ContentId;
 use p2pshare::pb::tracker as tpb;
-use p2pshare::pb::tracker::tracker_server::{Tracker, TrackerServer};
 use proptest::prelude::*;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tonic::{Request, Response, Status};
 
 /// Bound on a scripted shell session.
 pub(crate) const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 /// A line no command prints: the shell's answer to it marks the end of the script's output.
 pub(crate) const SENTINEL: &str = "end-of-script";
-
-/// What the hostile tracker says about the file `f` and the rest of the swarm.
-#[derive(Clone)]
-pub(crate) struct Answers {
-    /// The answer to `Register`, or `None` for an honest one (the peer's own address).
-    pub(crate) register: Option<tpb::RegisterResponse>,
-    /// `WhoHas` answers by file name (INVALID_ARGUMENT for other names).
-    pub(crate) versions: Vec<(String, Vec<tpb::FileVersion>)>,
-    pub(crate) files: Vec<tpb::FileSummary>,
-    pub(crate) peers: Vec<tpb::PeerSummary>,
-}
-
-/// A tracker that answers with `Answers` (which a test may change) whatever is asked, and
-/// remembers who registered on which port.
-pub(crate) struct HostileTracker {
-    answers: Arc<Mutex<Answers>>,
-    registered: Arc<Mutex<Vec<(String, u32)>>>,
-}
-
-impl HostileTracker {
-    fn answers(&self) -> Answers {
-        self.answers.lock().unwrap().clone()
-    }
-}
-
-#[tonic::async_trait]
-impl Tracker for HostileTracker {
-    async fn register(
-        &self,
-        request: Request<tpb::RegisterRequest>,
-    ) -> Result<Response<tpb::RegisterResponse>, Status> {
-        let request = request.into_inner();
-        self.registered
-            .lock()
-            .unwrap()
-            .push((request.peer_id.clone(), request.port));
-        Ok(Response::new(self.answers().register.unwrap_or(
-            tpb::RegisterResponse {
-                session_token: "t".into(),
-                heartbeat_interval_secs: 10,
-                advertised_address: format!("127.0.0.1:{}", request.port),
-                ..Default::default()
-            },
-        )))
-    }
-    async fn heartbeat(
-        &self,
-        _: Request<tpb::HeartbeatRequest>,
-    ) -> Result<Response<tpb::HeartbeatResponse>, Status> {
-        Ok(Response::new(tpb::HeartbeatResponse {
-            heartbeat_interval_secs: 10,
-            ..Default::default()
-        }))
-    }
-    async fn announce_file(
-        &self,
-        _: Request<tpb::AnnounceFileRequest>,
-    ) -> Result<Response<tpb::AnnounceFileResponse>, Status> {
-        Ok(Response::new(tpb::AnnounceFileResponse::default()))
-    }
-    async fn withdraw_file(
-        &self,
-        _: Request<tpb::WithdrawFileRequest>,
-    ) -> Result<Response<tpb::WithdrawFileResponse>, Status> {
-        Ok(Response::new(tpb::WithdrawFileResponse::default()))
-    }
-    async fn who_has(
-        &self,
-        request: Request<tpb::WhoHasRequest>,
-    ) -> Result<Response<tpb::WhoHasResponse>, Status> {
-        let name = request.into_inner().name;
-        match self
-            .answers()
-            .versions
-            .into_iter()
-            .find(|(n, _)| *n == name)
-        {
-            Some((_, versions)) => Ok(Response::new(tpb::WhoHasResponse {
-                versions,
-                ..Default::default()
-            })),
-            // A refusal whose message would clear the screen and break the line.
-            None => Err(Status::invalid_argument(format!(
-                "{CLEAR}bad {name}\nsecond line"
-            ))),
-        }
-    }
-    async fn leave(
-        &self,
-        _: Request<tpb::LeaveRequest>,
-    ) -> Result<Response<tpb::LeaveResponse>, Status> {
-        Ok(Response::new(tpb::LeaveResponse::default()))
-    }
-    async fn list_peers(
-        &self,
-        _: Request<tpb::ListPeersRequest>,
-    ) -> Result<Response<tpb::ListPeersResponse>, Status> {
-        Ok(Response::new(tpb::ListPeersResponse {
-            peers: self.answers().peers,
-            ..Default::default()
-        }))
-    }
-    async fn list_files(
-        &self,
-        _: Request<tpb::ListFilesRequest>,
-    ) -> Result<Response<tpb::ListFilesResponse>, Status> {
-        Ok(Response::new(tpb::ListFilesResponse {
-            files: self.answers().files,
-            ..Default::default()
-        }))
-    }
-}
-
-/// A running [`HostileTracker`].
-pub(crate) struct Running {
-    pub(crate) addr: SocketAddr,
-    /// What it answers from now on.
-    pub(crate) answers: Arc<Mutex<Answers>>,
-    /// (peer id, Peer service port) of each registration.
-    pub(crate) registered: Arc<Mutex<Vec<(String, u32)>>>,
-}
-
-/// Serves a [`HostileTracker`] on a loopback port.
-pub(crate) async fn start_hostile_tracker(answers: Answers) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let registered = Arc::new(Mutex::new(Vec::new()));
-    let answers = Arc::new(Mutex::new(answers));
-    let tracker = HostileTracker {
-        answers: answers.clone(),
-        registered: registered.clone(),
-    };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TrackerServer::new(tracker))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    Running {
-        addr,
-        answers,
-        registered,
-    }
-}
 
 pub(crate) fn holder(peer_id: &str, address: &str) -> tpb::Holder {
     tpb::Holder {

@@ -8,6 +8,8 @@
 //! missing need fails the test instead, because a CI that silently skips is a hole.
 #![allow(dead_code)]
 
+pub mod scripted_tracker;
+
 use p2pshare::peer::download::{
     Destination, DownloadError, DownloadReport, DownloadRequest, Progress,
 };
