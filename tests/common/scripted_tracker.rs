@@ -86,9 +86,7 @@ impl Tracker for ScriptedTracker {
             .into_iter()
             .find(|(n, _)| *n == name)
         {
-            Some((_, versions)) => Ok(Response::new(tpb::WhoHasResponse {
-                versions,
-            })),
+            Some((_, versions)) => Ok(Response::new(tpb::WhoHasResponse { versions })),
             // A refusal whose message would clear the screen and break the line.
             None => Err(Status::invalid_argument(format!(
                 "{CLEAR}bad {name}\nsecond line"
