@@ -393,3 +393,47 @@ async fn a_straggler_does_not_hold_up_a_finished_download() {
     let fast = report.holders.iter().find(|h| h.peer_id == "fast").unwrap();
     assert!(fast.bytes >= data.len() as u64 / 2, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_download_whose_holders_have_nothing_more_gives_up_instead_of_waiting_forever() {
+    let tracker = TestTracker::start(Duration::from_secs(10)).await;
+    let data = content(8 * MIB, 17);
+    let (_ts, dir) = seeded_dir("S", &[("f", &data)]);
+    let mut seeder = IsolatedPeer::start("S", tracker.addr, dir, Some(MIB as u64)).await;
+    // D1 gets part of the file, then the only complete holder dies: D1 stays a partial holder.
+    let first = TestPeer::start_with("D1", tracker.addr, &[], |c| {
+        c.stall_timeout = Duration::from_secs(60)
+    })
+    .await;
+    let (progress, _stuck) = start_get(&first, "f");
+    until("D1 under way", Duration::from_secs(20), || {
+        progress.done.load(Ordering::Relaxed) >= MIB as u64
+    })
+    .await;
+    seeder.kill();
+    // D2 finds D1 (partial, connected, with nothing D2 lacks once it has D1's pieces) and the
+    // dead seeder: it takes what D1 has, then gives up (twice its stall timeout without
+    // progress) instead of waiting on D1 forever.
+    let second = TestPeer::start_with("D2", tracker.addr, &[], |c| {
+        c.stall_timeout = Duration::from_secs(1)
+    })
+    .await;
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), second.get("f"))
+        .await
+        .expect("the download never gave up");
+    let err = outcome.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            p2pshare::peer::download::DownloadError::Incomplete { .. }
+        ),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!second.files_dir().join("f").exists());
+}
