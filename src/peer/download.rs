@@ -37,6 +37,7 @@ mod request;
 mod transfer;
 pub(crate) mod version;
 mod worker;
+mod writer;
 
 pub use crate::progress::Progress;
 pub(crate) use partial::ActiveDownloads;
@@ -180,7 +181,7 @@ async fn download(
     // fails the download here, before anything is fetched.
     let claim = match request.destination {
         Destination::Files => ctx.active.claim(content_id),
-        Destination::Scratch => None,
+        Destination::Scratch | Destination::ScratchNoSync => None,
     };
     let partial_dir = ctx.store.partial_dir().to_path_buf();
     let opened = {
@@ -255,14 +256,20 @@ async fn download(
             max_holders: ctx.max_holders.max(1),
             stall_timeout: ctx.stall_timeout,
             growing: growing.clone(),
+            durable: request.destination.is_durable(),
         },
         cancel,
-    ));
+    )?);
     let outcome = transfer.run(ctx, &request.name, &partial, first).await;
     let missing = transfer.missing();
     let holder_reports = transfer.holder_reports();
     let fetched = transfer.fetched();
     let verified = transfer.snapshot();
+    // A background sync that failed fails the download, even with every piece written.
+    let outcome = match (outcome, transfer.writer().writeback_error()) {
+        (Ok(()), Some(e)) => Err(e),
+        (outcome, _) => outcome,
+    };
     drop(transfer);
     // Stopped short: the verified pieces stay for a resume, the space of the rest goes back.
     if let Err(e) = outcome {
@@ -319,13 +326,25 @@ async fn download(
         note,
         already_had: false,
         path: None,
+        sync: None,
     };
 
     // Into place.
     match request.destination {
-        Destination::Scratch => report.path = Some(partial.path.clone()),
+        Destination::ScratchNoSync => report.path = Some(partial.path.clone()),
+        Destination::Scratch => {
+            let file = partial.file.try_clone()?;
+            let synced = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                file.sync_data().map(|()| started.elapsed())
+            });
+            report.sync = Some(synced.await.map_err(std::io::Error::other)??);
+            report.path = Some(partial.path.clone());
+        }
         Destination::Files => {
-            let file = adopt(ctx.store.clone(), partial, request.name.clone(), manifest).await?;
+            let (file, sync) =
+                adopt(ctx.store.clone(), partial, request.name.clone(), manifest).await?;
+            report.sync = Some(sync);
             report.path = Some(file.path.clone());
             // Served from files/ now; the announcement below replaces the partial one.
             if let Some(sharing) = sharing.take() {
@@ -420,6 +439,7 @@ async fn keep_verified(
 
 /// Makes the finished partial file durable and moves it into `files/` (the store refuses to
 /// replace different content under the name); the partial file and its record are gone after.
+/// Returns the file and how long the final fsync took.
 /// A full disk on the way keeps them (every piece verified), so that the next `get` only moves
 /// the file in.
 async fn adopt(
@@ -427,8 +447,8 @@ async fn adopt(
     partial: Partial,
     name: String,
     manifest: Arc<crate::chunking::Manifest>,
-) -> Result<SharedFile, DownloadError> {
-    tokio::task::spawn_blocking(move || -> Result<SharedFile, DownloadError> {
+) -> Result<(SharedFile, Duration), DownloadError> {
+    tokio::task::spawn_blocking(move || -> Result<(SharedFile, Duration), DownloadError> {
         let disk_full = |source: std::io::Error, dir: std::path::PathBuf| {
             let every = vec![true; manifest.geometry().piece_count() as usize];
             let kept = partial.keep_verified(&every);
@@ -441,7 +461,11 @@ async fn adopt(
                 source,
             })
         };
-        if let Err(e) = partial.file.sync_all() {
+        let syncing = Instant::now();
+        let synced = partial.file.sync_all();
+        let sync = syncing.elapsed();
+        tracing::debug!(?sync, "final fsync");
+        if let Err(e) = synced {
             let dir = partial.path.parent().unwrap_or(&partial.path).to_path_buf();
             return Err(if is_disk_full(&e) {
                 disk_full(e, dir)
@@ -452,7 +476,7 @@ async fn adopt(
         match store.adopt(&partial.path, &name, manifest.clone()) {
             Ok(file) => {
                 partial.remove_record();
-                Ok(file)
+                Ok((file, sync))
             }
             Err(StoreError::File { path, source }) if is_disk_full(&source) => {
                 let dir = path.parent().unwrap_or(&path).to_path_buf();
@@ -481,6 +505,7 @@ fn already_had(mine: &SharedFile, started: Instant, note: Option<String>) -> Dow
         note,
         already_had: true,
         path: Some(mine.path.clone()),
+        sync: None,
     }
 }
 

@@ -209,7 +209,7 @@ async fn check_and_remove(path: Option<PathBuf>, expected: Option<ContentId>) ->
 }
 
 async fn timed_download(node: &PeerNode, name: &str, expected: Option<ContentId>) -> DownloadRun {
-    let request = DownloadRequest::parse(name, Destination::Scratch);
+    let request = DownloadRequest::parse(name, Destination::ScratchNoSync);
     reset_peak_rss();
     let started = Instant::now();
     let result = node.download(&request, Arc::new(Progress::default())).await;
@@ -297,7 +297,7 @@ async fn stress(
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..downloads {
         let node = node.clone();
-        let request = DownloadRequest::parse(name, Destination::Scratch);
+        let request = DownloadRequest::parse(name, Destination::ScratchNoSync);
         tasks.spawn(async move { node.download(&request, Arc::new(Progress::default())).await });
     }
     let mut copies = Vec::new();

@@ -179,9 +179,20 @@ pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
 pub enum Destination {
     /// Into `files/`, shared and announced.
     Files,
-    /// A verified scratch file outside `files/`, not shared; [`DownloadReport::path`] names it
-    /// and the caller deletes it (benchmarks: a real transfer that leaves nothing behind).
+    /// A verified scratch file outside `files/`, not shared, made durable (fsync) like a file
+    /// in `files/`; [`DownloadReport::path`] names it and the caller deletes it (the shell's
+    /// `bench` and `stress`: a real download that leaves nothing behind).
     Scratch,
+    /// As [`Destination::Scratch`], but never synced to disk: the transfer alone, for benchmarks
+    /// that set it beside a copy into the page cache.
+    ScratchNoSync,
+}
+
+impl Destination {
+    /// Whether the download ends with its file on disk (fsync), its writeback started early.
+    pub(crate) fn is_durable(self) -> bool {
+        !matches!(self, Destination::ScratchNoSync)
+    }
 }
 
 /// What to download.
@@ -244,6 +255,8 @@ pub struct DownloadReport {
     pub already_had: bool,
     /// Where the file is (for [`Destination::Files`]).
     pub path: Option<PathBuf>,
+    /// How long the final fsync took (durable destinations; none if nothing was written).
+    pub sync: Option<Duration>,
 }
 
 impl DownloadReport {

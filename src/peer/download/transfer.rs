@@ -19,6 +19,7 @@ use super::partial::Partial;
 use super::picker::{HolderKey, Next, Picker};
 use super::version::HolderAddr;
 use super::worker::session;
+use super::writer::PieceWriter;
 use super::{Context, HolderReport, SAVE_PROGRESS_EVERY};
 use crate::chunking::{Bitfield, Manifest, PieceIndex};
 use crate::grpc::ClientSecurity;
@@ -91,6 +92,8 @@ pub(super) struct Setup {
     pub(super) stall_timeout: Duration,
     /// Set for a download into `files/`: its verified pieces are served meanwhile.
     pub(super) growing: Option<Arc<GrowingFile>>,
+    /// Written back to disk during the download (it ends with an fsync).
+    pub(super) durable: bool,
 }
 
 /// Shared state of one download's data phase.
@@ -102,7 +105,8 @@ pub(super) struct Transfer {
     changed: Notify,
     /// Wakes the transfer's own loop: the last piece is done, or new holders were learned.
     wake: Notify,
-    file: std::fs::File,
+    /// Verifies and writes the pieces.
+    writer: PieceWriter,
     progress: Arc<Progress>,
     fetched: AtomicU64,
     setup: Setup,
@@ -112,7 +116,7 @@ pub(super) struct Transfer {
 
 impl Transfer {
     /// The transfer of the pieces not yet `done` of `manifest` into `file`, from the holders in
-    /// `known`.
+    /// `known`. Fails if the writer's threads cannot start.
     pub(super) fn new(
         manifest: Arc<Manifest>,
         done: Vec<bool>,
@@ -121,7 +125,8 @@ impl Transfer {
         progress: Arc<Progress>,
         setup: Setup,
         cancel: &CancellationToken,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
+        let writer = PieceWriter::start(manifest.clone(), &file, setup.durable)?;
         let geometry = manifest.geometry();
         let expected_holders = known.len().clamp(1, setup.max_holders.max(1));
         let unit = Picker::unit_pieces(
@@ -129,7 +134,7 @@ impl Transfer {
             geometry.piece_size(),
             expected_holders,
         );
-        Transfer {
+        Ok(Transfer {
             state: Mutex::new(State {
                 picker: Picker::new(done, unit, rand::random()),
                 known,
@@ -143,12 +148,12 @@ impl Transfer {
             manifest,
             changed: Notify::new(),
             wake: Notify::new(),
-            file,
+            writer,
             progress,
             fetched: AtomicU64::new(0),
             setup,
             sessions: cancel.child_token(),
-        }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -163,8 +168,8 @@ impl Transfer {
         &self.setup.me
     }
 
-    pub(super) fn file(&self) -> &std::fs::File {
-        &self.file
+    pub(super) fn writer(&self) -> &PieceWriter {
+        &self.writer
     }
 
     pub(super) fn stall_timeout(&self) -> Duration {

@@ -13,11 +13,11 @@ use super::contact::Link;
 use super::known::Outcome;
 use super::picker::{Assignment, HolderKey, Next};
 use super::transfer::Transfer;
+use super::writer::{PieceFailure, Written};
 use super::{describe, STREAMS_PER_HOLDER};
 use crate::chunking::{Bitfield, PieceIndex, BLOCK_SIZE};
 use crate::pb::peer as pb;
 use bytes::{Bytes, BytesMut};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -63,11 +63,11 @@ impl End {
     }
 }
 
-/// A piece being verified and written on a blocking thread.
+/// A piece queued for the download's writer.
 struct PendingPiece {
     piece: PieceIndex,
     len: u64,
-    task: tokio::task::JoinHandle<Result<(), End>>,
+    written: Written,
 }
 
 /// Runs a session with the holder `link` until it ends; returns how (for its standing) and why
@@ -287,7 +287,7 @@ async fn fetch(
             }
             // In endgame another holder may have delivered this piece already.
             if !transfer.is_done(piece) {
-                pending = Some(spawn_verify_write(transfer, piece, range.start, data));
+                pending = Some(queue_piece(transfer, piece, range.start, data).await?);
             }
             piece += 1;
         }
@@ -305,23 +305,24 @@ async fn fetch(
     Ok(())
 }
 
-fn spawn_verify_write(
+/// Hands a piece to the download's writer (waiting while its queue is full).
+async fn queue_piece(
     transfer: &Transfer,
     piece: PieceIndex,
     offset: u64,
     data: Bytes,
-) -> PendingPiece {
-    let manifest = transfer.manifest().clone();
-    let file = transfer.file().try_clone();
+) -> Result<PendingPiece, End> {
     let len = data.len() as u64;
-    let task = tokio::task::spawn_blocking(move || {
-        if !manifest.verify_piece(piece, &data) {
-            return Err(End::Corrupt(format!("sent corrupt data for piece {piece}")));
-        }
-        let file = file.map_err(End::Local)?;
-        file.write_all_at(&data, offset).map_err(End::Local)
-    });
-    PendingPiece { piece, len, task }
+    let written = transfer
+        .writer()
+        .submit(piece, offset, data)
+        .await
+        .map_err(|e| failure(piece, e))?;
+    Ok(PendingPiece {
+        piece,
+        len,
+        written,
+    })
 }
 
 /// Waits for a piece's verification and write, then records it.
@@ -330,10 +331,19 @@ async fn finish_piece(
     key: HolderKey,
     pending: PendingPiece,
 ) -> Result<(), End> {
+    let piece = pending.piece;
     pending
-        .task
+        .written
+        .wait()
         .await
-        .map_err(|e| End::Local(std::io::Error::other(e)))??;
+        .map_err(|e| failure(piece, e))?;
     transfer.piece_done(key, pending.piece, pending.len);
     Ok(())
+}
+
+fn failure(piece: PieceIndex, failure: PieceFailure) -> End {
+    match failure {
+        PieceFailure::Corrupt => End::Corrupt(format!("sent corrupt data for piece {piece}")),
+        PieceFailure::Local(e) => End::Local(e),
+    }
 }

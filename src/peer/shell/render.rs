@@ -312,9 +312,13 @@ pub(super) fn download(out: &mut dyn Write, report: &DownloadReport) -> std::io:
             ),
         })
         .collect();
+    // The final fsync is part of the time; shown because it is the part the disk decides.
+    let sync = report.sync.map_or(String::new(), |d| {
+        format!(", final fsync {:.1} ms", d.as_secs_f64() * 1e3)
+    });
     writeln!(
         out,
-        "got {} ({}, id {}) from {} holder(s) [{}] in {}, {:.1} MB/s",
+        "got {} ({}, id {}) from {} holder(s) [{}] in {}, {:.1} MB/s{sync}",
         report.name,
         human::bytes(report.size),
         report.content_id.short(),
