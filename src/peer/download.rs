@@ -257,6 +257,7 @@ async fn download(
             stall_timeout: ctx.stall_timeout,
             growing: growing.clone(),
             durable: request.destination.is_durable(),
+            path: partial.path.clone(),
         },
         cancel,
     )?);

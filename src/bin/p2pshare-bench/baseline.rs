@@ -1,5 +1,6 @@
 //! The baseline every download ratio refers to: a plain file -> socket -> file copy between two
-//! processes over loopback, with 1 MiB buffers at both ends.
+//! processes over loopback, with 1 MiB buffers at both ends; and its durable twin, the same copy
+//! followed by `fdatasync` of the received file (what `get` into `files/` guarantees).
 
 use crate::child::wait_bounded;
 use crate::error::BenchError;
@@ -34,14 +35,24 @@ pub(crate) fn tcp_send(file: &Path, addr: SocketAddr) -> std::io::Result<u64> {
     Ok(sent)
 }
 
-/// One baseline copy: a child process sends `file`, this process writes what arrives to `dest`.
-/// Returns the time from the accepted connection to the last byte written.
+/// What one baseline copy took.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CopyTime {
+    /// From the accepted connection to the last byte written (and synced, if durable).
+    pub(crate) total: Duration,
+    /// The `fdatasync` at the end (zero if not durable).
+    pub(crate) sync: Duration,
+}
+
+/// One baseline copy: a child process sends `file`, this process writes what arrives to `dest`,
+/// then, if `durable`, runs `fdatasync` on it.
 pub(crate) fn tcp_copy(
     exe: &Path,
     file: &Path,
     dest: &Path,
     size: u64,
-) -> Result<Duration, BenchError> {
+    durable: bool,
+) -> Result<CopyTime, BenchError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
@@ -68,6 +79,7 @@ pub(crate) fn tcp_copy(
         }
     };
     let started = Instant::now();
+    let mut sync = Duration::ZERO;
     let copied = (|| -> std::io::Result<u64> {
         let mut socket = socket;
         socket.set_nonblocking(false)?;
@@ -85,6 +97,11 @@ pub(crate) fn tcp_copy(
             out.write_all(&buf[..n])?;
             total += n as u64;
         }
+        if durable {
+            let syncing = Instant::now();
+            out.sync_data()?;
+            sync = syncing.elapsed();
+        }
         Ok(total)
     })();
     let elapsed = started.elapsed();
@@ -96,5 +113,8 @@ pub(crate) fn tcp_copy(
             "TCP copy moved {copied} of {size} bytes (sender {status})"
         )));
     }
-    Ok(elapsed)
+    Ok(CopyTime {
+        total: elapsed,
+        sync,
+    })
 }

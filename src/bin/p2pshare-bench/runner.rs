@@ -7,6 +7,7 @@ mod small_files;
 mod startup;
 mod stress;
 mod tracker;
+mod user_get;
 
 use crate::error::BenchError;
 use crate::options::{Scenario, SwarmOptions};
@@ -27,8 +28,10 @@ struct Runner<'a> {
     swarm: Swarm,
     rows: Vec<Row>,
     progress: &'a mut dyn Write,
-    /// Baseline throughput, bytes per second.
+    /// Baseline throughput (TCP copy into the page cache), bytes per second.
     baseline: Option<f64>,
+    /// Durable baseline throughput (the same copy, then fdatasync), bytes per second.
+    durable_baseline: Option<f64>,
 }
 
 impl Runner<'_> {
@@ -84,6 +87,7 @@ pub(crate) fn run(opts: &SwarmOptions, progress: &mut dyn Write) -> Result<Vec<R
         rows: Vec::new(),
         progress,
         baseline: None,
+        durable_baseline: None,
     };
     for scenario in Scenario::ALL {
         if !opts.wants(scenario) {
@@ -91,8 +95,8 @@ pub(crate) fn run(opts: &SwarmOptions, progress: &mut dyn Write) -> Result<Vec<R
         }
         let (name, result) = match scenario {
             Scenario::Baseline => ("baseline", runner.baseline()),
-            Scenario::OneHolder => ("one-holder", runner.holders_download(1, 0.7)),
-            Scenario::ThreeHolders => ("three-holders", runner.holders_download(3, 0.8)),
+            Scenario::OneHolder => ("one-holder", runner.user_get(1, None)),
+            Scenario::ThreeHolders => ("three-holders", runner.user_get(3, Some(1.3))),
             Scenario::RateCapped => ("rate-capped", runner.rate_capped()),
             Scenario::SmallFiles => ("small-files", runner.small_files()),
             Scenario::Stress => ("stress", runner.stress()),
@@ -101,6 +105,17 @@ pub(crate) fn run(opts: &SwarmOptions, progress: &mut dyn Write) -> Result<Vec<R
             Scenario::FlashCrowd => ("flash-crowd", runner.flash_crowd()),
         };
         if let Err(e) = result {
+            runner.push(failed_row(name, &e));
+        }
+        // The same transfers without processes or fsync: what the download path itself costs.
+        let scratch = match scenario {
+            Scenario::OneHolder => Some(("one-holder scratch", runner.holders_download(1, 0.7))),
+            Scenario::ThreeHolders => {
+                Some(("three-holders scratch", runner.holders_download(3, 0.9)))
+            }
+            _ => None,
+        };
+        if let Some((name, Err(e))) = scratch {
             runner.push(failed_row(name, &e));
         }
     }

@@ -92,8 +92,10 @@ pub(super) struct Setup {
     pub(super) stall_timeout: Duration,
     /// Set for a download into `files/`: its verified pieces are served meanwhile.
     pub(super) growing: Option<Arc<GrowingFile>>,
-    /// Written back to disk during the download (it ends with an fsync).
+    /// Written to disk during the download (it ends with an fsync).
     pub(super) durable: bool,
+    /// Where the file is (opened again for direct writes).
+    pub(super) path: std::path::PathBuf,
 }
 
 /// Shared state of one download's data phase.
@@ -126,7 +128,7 @@ impl Transfer {
         setup: Setup,
         cancel: &CancellationToken,
     ) -> std::io::Result<Self> {
-        let writer = PieceWriter::start(manifest.clone(), &file, setup.durable)?;
+        let writer = PieceWriter::start(manifest.clone(), &file, &setup.path, setup.durable)?;
         let geometry = manifest.geometry();
         let expected_holders = known.len().clamp(1, setup.max_holders.max(1));
         let unit = Picker::unit_pieces(

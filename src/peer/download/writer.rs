@@ -1,32 +1,43 @@
-//! Where a download's pieces go: one long-lived writer thread per download verifies each piece
-//! and writes it at its offset, and (for a durable download) a writeback thread makes what was
-//! written durable while the download runs, so the final fsync has little left to do.
+//! Where a download's pieces go: long-lived writer threads per download verify each piece and
+//! write it at its offset, straight to the disk when they can, so that the file is durable soon
+//! after its last piece and the final fsync has little left to do.
 //!
-//! Why a thread of its own rather than a blocking task per piece: a 1 GiB download is 4096
-//! pieces, and a task per piece paid a hand-off, a file-descriptor clone and, with pieces from
-//! several holders written at once, contention on the inode's write lock (ext4 serialises
-//! buffered writes to one file). One writer writes in arrival order without contention and keeps
-//! its `File`.
-//!
-//! Why a background `fdatasync` rather than one at the end: the disk sat idle while data arrived
-//! and the network sat idle while the disk wrote (the final fsync of 1 GiB took 0.5-1.5 s). Each
-//! time [`WRITEBACK_CHUNK`] bytes have been written, the writeback thread runs `fdatasync` on the
-//! file (the pieces keep landing meanwhile). Dirty data is bounded: when [`MAX_UNSYNCED`] bytes
-//! are written and not yet being synced while a sync runs, the writer waits for it, which slows
-//! the download to the disk's speed instead of piling up the page cache. `sync_file_range` would
-//! do the same per range, but needs `unsafe` FFI; `fdatasync` is in std and, on a preallocated
-//! file, costs a journal commit per chunk.
+//! * **Threads, not a task per piece.** A 1 GiB download is 4096 pieces; a blocking task per
+//!   piece paid a hand-off, a file-descriptor clone and, with pieces from several holders written
+//!   at once, contention on the inode's write lock. [`WRITER_THREADS`] threads take pieces from
+//!   one queue: one verifies and copies while the other writes.
+//! * **Direct I/O for durable downloads.** The file is opened a second time with `O_DIRECT` and
+//!   whole pieces (their sizes and offsets are multiples of 4 KiB) are written from an aligned
+//!   buffer: no copy into the page cache (the largest CPU cost of a download: about 0.8 s per
+//!   GiB on the reference machine), and the disk writes while data arrives instead of after.
+//!   Measured there: `dd oflag=direct bs=256K` wrote 1.1-1.3 GB/s where a buffered write plus
+//!   fdatasync managed 0.3-0.65 GB/s.
+//! * **Otherwise, writeback as pieces land.** Where `O_DIRECT` is refused (tmpfs, some network
+//!   file systems, an unaligned last piece), pieces are written through the page cache and, each
+//!   time [`WRITEBACK_CHUNK`] such bytes are written, the writeback thread runs `fdatasync` while
+//!   the pieces keep landing. Dirty data is bounded: when [`MAX_UNSYNCED`] bytes wait behind a
+//!   running sync, the writers wait for it (the download slows to the disk's speed instead of
+//!   piling up the page cache). `sync_file_range` would do it per range, but needs `unsafe` FFI.
 //!
 //! An error of a background sync is kept and returned by the next write and by
 //! [`PieceWriter::writeback_error`]: on Linux a failed writeback is reported once per open file,
-//! so the final fsync alone could miss it.
+//! so the final fsync alone could miss it. Scratch downloads that are not durable
+//! ([`super::Destination::ScratchNoSync`]) write through the page cache and never sync.
 
 use crate::chunking::{Manifest, PieceIndex};
 use bytes::Bytes;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::{mpsc, oneshot};
+
+/// Threads verifying and writing the pieces of one download.
+const WRITER_THREADS: usize = 2;
+/// Alignment of direct writes: memory, offset and length (the largest logical block size).
+const ALIGN: usize = 4096;
 
 /// Bytes written between two background syncs.
 const WRITEBACK_CHUNK: u64 = 16 * 1024 * 1024;
@@ -52,19 +63,21 @@ struct Job {
     done: oneshot::Sender<Result<(), PieceFailure>>,
 }
 
-/// The verify-and-write thread of one download (and its writeback thread, if durable). Dropping
-/// it lets both threads end once the queued pieces are written; nothing waits for them.
+/// The verify-and-write threads of one download (and its writeback thread, if durable).
+/// Dropping it lets the threads end once the queued pieces are written; nothing waits for them.
 pub(super) struct PieceWriter {
     jobs: mpsc::Sender<Job>,
     writeback: Option<Arc<Writeback>>,
 }
 
 impl PieceWriter {
-    /// Starts the threads writing into `file` the pieces of `manifest`; `durable` adds the
-    /// background writeback.
+    /// Starts the threads writing the pieces of `manifest` into `file` (at `path`). A `durable`
+    /// download writes with direct I/O where the file system allows it, else through the page
+    /// cache with background writeback.
     pub(super) fn start(
         manifest: Arc<Manifest>,
         file: &std::fs::File,
+        path: &Path,
         durable: bool,
     ) -> io::Result<PieceWriter> {
         let writeback = if durable {
@@ -78,12 +91,22 @@ impl PieceWriter {
         } else {
             None
         };
+        let direct = if durable { open_direct(path) } else { None };
+        let sink = Arc::new(Sink {
+            manifest,
+            buffered: file.try_clone()?,
+            direct,
+            direct_refused: AtomicBool::new(false),
+            writeback: writeback.clone(),
+        });
         let (jobs, queue) = mpsc::channel(QUEUE);
-        let file = file.try_clone()?;
-        let thread_wb = writeback.clone();
-        std::thread::Builder::new()
-            .name("p2pshare-writer".into())
-            .spawn(move || write_loop(queue, &manifest, &file, thread_wb.as_deref()))?;
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..WRITER_THREADS {
+            let (sink, queue) = (sink.clone(), queue.clone());
+            std::thread::Builder::new()
+                .name("p2pshare-writer".into())
+                .spawn(move || write_loop(&queue, &sink))?;
+        }
         Ok(PieceWriter { jobs, writeback })
     }
 
@@ -135,22 +158,91 @@ impl Drop for PieceWriter {
     }
 }
 
-/// The writer thread: verify, write, count the bytes for the writeback.
-fn write_loop(
-    mut queue: mpsc::Receiver<Job>,
-    manifest: &Manifest,
-    file: &std::fs::File,
-    writeback: Option<&Writeback>,
-) {
-    while let Some(job) = queue.blocking_recv() {
-        let result = if !manifest.verify_piece(job.piece, &job.data) {
+/// The file opened for direct I/O, or none where the file system refuses it.
+fn open_direct(path: &Path) -> Option<std::fs::File> {
+    let direct = rustix::fs::OFlags::DIRECT.bits() as i32;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(direct)
+        .open(path)
+    {
+        Ok(file) => Some(file),
+        Err(e) => {
+            tracing::debug!(error = %e, "no direct I/O here; writing through the page cache");
+            None
+        }
+    }
+}
+
+/// What the writer threads share.
+struct Sink {
+    manifest: Arc<Manifest>,
+    /// The file, through the page cache.
+    buffered: std::fs::File,
+    /// The file with `O_DIRECT`, if the file system allows it.
+    direct: Option<std::fs::File>,
+    /// A direct write was refused (EINVAL): every piece goes through the page cache from then on.
+    direct_refused: AtomicBool,
+    writeback: Option<Arc<Writeback>>,
+}
+
+impl Sink {
+    /// Writes a verified piece: directly if it can, else through the page cache (counted for
+    /// the writeback). `aligned` is the thread's own buffer for direct writes.
+    fn write(&self, data: &[u8], offset: u64, aligned: &mut Vec<u8>) -> io::Result<()> {
+        if let Some(direct) = self.direct_target(data.len(), offset) {
+            if let Some(buf) = aligned_slice(aligned, data.len()) {
+                buf.copy_from_slice(data);
+                match direct.write_all_at(buf, offset) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                        tracing::debug!(error = %e, "direct write refused; writing through the page cache");
+                        self.direct_refused.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.buffered.write_all_at(data, offset)?;
+        match &self.writeback {
+            Some(wb) => wb.written(data.len() as u64),
+            None => Ok(()),
+        }
+    }
+
+    /// The direct file, if a write of `len` bytes at `offset` may go there.
+    fn direct_target(&self, len: usize, offset: u64) -> Option<&std::fs::File> {
+        let aligned = len % ALIGN == 0 && offset % ALIGN as u64 == 0;
+        if !aligned || self.direct_refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.direct.as_ref()
+    }
+}
+
+/// `len` bytes of `buf` starting at an address aligned to [`ALIGN`] (growing `buf` if needed).
+fn aligned_slice(buf: &mut Vec<u8>, len: usize) -> Option<&mut [u8]> {
+    if buf.len() < len + ALIGN {
+        *buf = vec![0; len + ALIGN];
+    }
+    let skip = buf.as_ptr().align_offset(ALIGN);
+    buf.get_mut(skip..skip.checked_add(len)?)
+}
+
+/// A writer thread: take a piece, verify it, write it; until the queue closes.
+fn write_loop(queue: &Mutex<mpsc::Receiver<Job>>, sink: &Sink) {
+    let mut aligned = Vec::new();
+    loop {
+        // The lock is held while waiting: the other thread is busy with a piece or waits here.
+        let job = queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .blocking_recv();
+        let Some(job) = job else { return };
+        let result = if !sink.manifest.verify_piece(job.piece, &job.data) {
             Err(PieceFailure::Corrupt)
         } else {
-            file.write_all_at(&job.data, job.offset)
-                .and_then(|()| match writeback {
-                    Some(wb) => wb.written(job.data.len() as u64),
-                    None => Ok(()),
-                })
+            sink.write(&job.data, job.offset, &mut aligned)
                 .map_err(PieceFailure::Local)
         };
         // The session may have stopped waiting (cancelled): the piece is on disk either way.
@@ -266,7 +358,7 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let writer = PieceWriter::start(manifest.clone(), &file, durable).unwrap();
+            let writer = PieceWriter::start(manifest.clone(), &file, &path, durable).unwrap();
             // Out of order, as several holders deliver them.
             for piece in (0..geometry.piece_count()).rev() {
                 let range = geometry.piece_bytes(piece);

@@ -45,19 +45,19 @@ pub(crate) fn peer_binary(bench_exe: &Path) -> Result<PathBuf, BenchError> {
 }
 
 /// One downloader process.
-struct DownloaderProcess {
+pub(super) struct DownloaderProcess {
     /// Its peer id.
-    id: String,
-    child: Child,
+    pub(super) id: String,
+    pub(super) child: Child,
     /// Seconds from the start of the crowd to its exit, and its status, once it has exited.
-    exit: Option<(f64, std::process::ExitStatus)>,
+    pub(super) exit: Option<(f64, std::process::ExitStatus)>,
     /// Largest peak RSS sampled while it ran.
-    peak_rss: Option<u64>,
+    pub(super) peak_rss: Option<u64>,
 }
 
 /// The downloader processes of one run; any still running when this is dropped are killed (by
 /// their own handle).
-struct Downloaders(Vec<DownloaderProcess>);
+pub(super) struct Downloaders(pub(super) Vec<DownloaderProcess>);
 
 impl Drop for Downloaders {
     fn drop(&mut self) {
@@ -89,7 +89,11 @@ struct Round<'a> {
 impl Downloaders {
     /// Polls until every process has exited or `limit` has passed since `started` (then kills
     /// the rest). Returns the seconds from `started` to the last exit (or to the kill).
-    fn wait_all(&mut self, started: Instant, limit: Duration) -> Result<f64, BenchError> {
+    pub(super) fn wait_all(
+        &mut self,
+        started: Instant,
+        limit: Duration,
+    ) -> Result<f64, BenchError> {
         let deadline = started + limit;
         let mut next_sample = Instant::now();
         loop {
@@ -132,7 +136,7 @@ impl Downloaders {
 }
 
 /// The `error: ...` lines a failed peer printed (its shell's and its top level's), shortened.
-fn error_lines(out: &str, err: &str) -> String {
+pub(super) fn error_lines(out: &str, err: &str) -> String {
     let lines: Vec<&str> = out
         .lines()
         .chain(err.lines())

@@ -2,10 +2,10 @@
 //! capped at R, 2R, 4R, 8R.
 
 use super::{limit_for, Runner};
-use crate::baseline::tcp_copy;
+use crate::baseline::{tcp_copy, CopyTime};
 use crate::child::{ChildReport, Plan};
 use crate::error::BenchError;
-use crate::report::{download_row, failed_row, median, Row};
+use crate::report::{download_row, failed_row, median, ratio, Row};
 use p2pshare::human;
 use std::time::Duration;
 
@@ -25,27 +25,59 @@ struct RateConfig {
 impl Runner<'_> {
     pub(super) fn baseline(&mut self) -> Result<(), BenchError> {
         let (name, data) = self.big_file()?;
-        self.say("baseline: TCP copy file -> socket -> file between two processes");
+        self.say("baseline: TCP copy file -> socket -> file between two processes, then the same with fdatasync");
         let source = self.swarm.data_path(&name);
         let dest = self.swarm.root.join("baseline.out");
-        let mut times = Vec::new();
+        let (mut plain, mut durable) = (Vec::new(), Vec::new());
+        // Interleaved, so that both see the same machine.
         for _ in 0..self.opts.runs {
-            times.push(tcp_copy(&self.swarm.exe, &source, &dest, data.size)?.as_secs_f64());
+            plain.push(tcp_copy(&self.swarm.exe, &source, &dest, data.size, false)?);
+            durable.push(tcp_copy(&self.swarm.exe, &source, &dest, data.size, true)?);
         }
-        let seconds = median(times.iter().copied());
-        let rate = seconds.map(|s| data.size as f64 / s);
-        self.baseline = rate;
-        let all: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
-        self.push(Row {
-            scenario: "baseline: TCP copy, process -> process".into(),
-            bytes: Some(data.size),
-            seconds,
-            mb_per_s: rate.map(|r| r / 1e6),
-            ratio: Some(1.0),
-            ratio_to: "baseline".into(),
-            notes: format!("runs: {} s; 1 MiB read/write buffers", all.join(" / ")),
-            ..Row::default()
-        });
+        let row = |scenario: &str, times: &[CopyTime], ratio: f64, extra: String| {
+            let seconds = median(times.iter().map(|t| t.total.as_secs_f64()));
+            let all: Vec<String> = times
+                .iter()
+                .map(|t| format!("{:.3}", t.total.as_secs_f64()))
+                .collect();
+            Row {
+                scenario: scenario.into(),
+                bytes: Some(data.size),
+                seconds,
+                mb_per_s: seconds.map(|s| data.size as f64 / s / 1e6),
+                ratio: Some(ratio),
+                ratio_to: "baseline".into(),
+                notes: format!(
+                    "runs: {} s; 1 MiB read/write buffers{extra}",
+                    all.join(" / ")
+                ),
+                ..Row::default()
+            }
+        };
+        let plain_row = row(
+            "baseline: TCP copy, process -> process, page cache",
+            &plain,
+            1.0,
+            String::new(),
+        );
+        self.baseline = plain_row.mb_per_s.map(|r| r * 1e6);
+        let syncs: Vec<String> = durable
+            .iter()
+            .map(|t| format!("{:.0}", t.sync.as_secs_f64() * 1e3))
+            .collect();
+        let mut durable_row = row(
+            "durable baseline: the same TCP copy, then fdatasync",
+            &durable,
+            f64::NAN,
+            format!("; fdatasync {} ms", syncs.join(" / ")),
+        );
+        self.durable_baseline = durable_row.mb_per_s.map(|r| r * 1e6);
+        durable_row.ratio = self
+            .durable_baseline
+            .zip(self.baseline)
+            .and_then(|(d, b)| ratio(d, b));
+        self.push(plain_row);
+        self.push(durable_row);
         Ok(())
     }
 
@@ -79,7 +111,9 @@ impl Runner<'_> {
         let ChildReport::Download(runs) = report? else {
             return Err(BenchError::Child("unexpected report".into()));
         };
-        let scenario = format!("{holders} holder(s) -> 1 downloader, to disk, verified");
+        let scenario = format!(
+            "scratch: {holders} in-process holder(s) -> PeerNode download, page cache (no fsync), verified"
+        );
         let row = download_row(scenario, &runs, self.baseline, "baseline", Some(minimum));
         self.push(row);
         Ok(())
