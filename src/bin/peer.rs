@@ -11,6 +11,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// jemalloc instead of glibc's allocator: a transfer allocates and frees buffers of a few hundred
+/// KiB per message (ours and tonic's), which glibc hands back to the kernel and faults in again,
+/// zeroed (measured: holders' CPU per GiB 1.3 s with glibc, 1.05 s with jemalloc; mimalloc kept
+/// faulting in fresh huge pages and did not help).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A p2pshare peer: shares every file in <PEER_ID>/files/ and downloads from the swarm.
 #[derive(Parser, Debug)]
 #[command(version, about)]
