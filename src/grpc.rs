@@ -80,14 +80,14 @@ mod pool;
 mod security;
 mod server;
 
-pub(crate) use client::{error_chain, is_connection_failure};
-pub(crate) use pool::{ChannelPool, Lease};
 pub use client::{channel, ClientChannel};
+pub(crate) use client::{error_chain, is_connection_failure};
 pub use limits::{
     default_max_connections, ConnectionFlags, ServerLimits, DEFAULT_CLIENT_STALL_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
 };
 pub use middleware::{ClearLimits, SwarmKeyInterceptor};
+pub(crate) use pool::{ChannelPool, Lease};
 pub(crate) use security::TLS_HANDSHAKE_TIMEOUT;
 pub use security::{
     ClientSecurity, SecurityError, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa,

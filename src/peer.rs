@@ -18,9 +18,7 @@ pub(crate) mod tracker_link;
 pub use tracker_link::TrackerLinkError;
 mod watch;
 
-use crate::grpc::{
-    ChannelPool, ClientSecurity, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa,
-};
+use crate::grpc::{ChannelPool, ClientSecurity, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa};
 use crate::pb::tracker::FileEntry;
 use book::SwarmBook;
 use download::{ActiveDownloads, DownloadError, DownloadReport, DownloadRequest, Progress};

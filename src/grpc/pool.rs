@@ -182,7 +182,12 @@ impl ChannelPool {
             return Ok((entry.channel.clone(), self.lease(&entry.slot)));
         }
         entries.dialled += 1;
-        tracing::debug!(address, pooled = entries.map.len(), dialled = entries.dialled, "new channel");
+        tracing::debug!(
+            address,
+            pooled = entries.map.len(),
+            dialled = entries.dialled,
+            "new channel"
+        );
         if entries.closed || !self.make_room(&mut entries, now) {
             drop(entries);
             let lease = Lease {
