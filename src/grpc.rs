@@ -62,6 +62,8 @@
 //!   [`serve_with_security`]).
 //! * `limits`: [`ServerLimits`] and the command-line flags that set them ([`ConnectionFlags`]).
 //! * `connections`: the accept loop, the caps on connections, and closing idle or stalled ones.
+//! * `pool`: the channels a peer's downloads share, one per (address, client security), bounded
+//!   and expiring when idle (`ChannelPool`).
 //! * `client`: lazily connecting channels tuned for bulk streaming ([`channel`],
 //!   [`ClientSecurity::channel`]) and what a failed connection means
 //!   ([`ClientSecurity::explain_connection_failure`]).
@@ -74,16 +76,18 @@ mod client;
 mod connections;
 mod limits;
 mod middleware;
+mod pool;
 mod security;
 mod server;
 
-pub(crate) use client::error_chain;
 pub use client::{channel, ClientChannel};
+pub(crate) use client::{error_chain, is_connection_failure};
 pub use limits::{
     default_max_connections, ConnectionFlags, ServerLimits, DEFAULT_CLIENT_STALL_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
 };
 pub use middleware::{ClearLimits, SwarmKeyInterceptor};
+pub(crate) use pool::{ChannelPool, Lease};
 pub(crate) use security::TLS_HANDSHAKE_TIMEOUT;
 pub use security::{
     ClientSecurity, SecurityError, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa,

@@ -18,7 +18,7 @@ pub(crate) mod tracker_link;
 pub use tracker_link::TrackerLinkError;
 mod watch;
 
-use crate::grpc::{ClientSecurity, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa};
+use crate::grpc::{ChannelPool, ClientSecurity, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa};
 use crate::pb::tracker::FileEntry;
 use book::SwarmBook;
 use download::{ActiveDownloads, DownloadError, DownloadReport, DownloadRequest, Progress};
@@ -147,6 +147,8 @@ pub struct PeerNode {
     tracker: Arc<TrackerLink>,
     /// What this peer heard about the swarm: shared by its downloads and its Peer service.
     book: Arc<SwarmBook>,
+    /// Channels to holders, shared by its downloads; closed at shutdown.
+    pool: ChannelPool,
     /// Bytes of blocks its Peer service has sent.
     uploaded: Arc<std::sync::atomic::AtomicU64>,
     active: ActiveDownloads,
@@ -217,6 +219,7 @@ impl PeerNode {
             store,
             tracker,
             book,
+            pool: ChannelPool::default(),
             uploaded,
             active: ActiveDownloads::default(),
             local_addr,
@@ -231,7 +234,8 @@ impl PeerNode {
             .map_err(|e| e.to_string());
         let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
         let watcher = watch::spawn(node.clone());
-        node.tasks_lock().extend([heartbeat, watcher]);
+        let sweeper = tokio::spawn(node.pool.clone().sweep_until(node.shutdown.clone()));
+        node.tasks_lock().extend([heartbeat, watcher, sweeper]);
         let info = StartInfo {
             created_folder,
             shared: node.store.list().len(),
@@ -290,6 +294,7 @@ impl PeerNode {
             tracker: &self.tracker,
             store: &self.store,
             security: &self.config.client_security,
+            pool: &self.pool,
             stall_timeout: self.config.stall_timeout,
             active: &self.active,
             book: &self.book,
@@ -390,6 +395,8 @@ impl PeerNode {
             Err(_) => tracing::debug!("leave: no answer within {LEAVE_TIMEOUT:?}"),
         }
         self.shutdown.cancel();
+        // Idle connections to holders close now, the others as the downloads let go.
+        self.pool.close();
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         let tasks: Vec<_> = self.tasks_lock().drain(..).collect();
         for mut task in tasks {
@@ -413,6 +420,7 @@ impl PeerNode {
     /// liveness and failover.
     pub fn kill(&self) {
         self.shutdown.cancel();
+        self.pool.close();
         for task in self.tasks_lock().drain(..) {
             task.abort();
         }

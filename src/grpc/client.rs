@@ -70,12 +70,7 @@ impl ClientSecurity {
     /// handshake failed (see `Symptom`): a host that refuses, does not answer, cannot be
     /// reached or resolved is a network problem, whatever the swarm's security.
     pub fn explain_connection_failure(&self, status: &Status) -> Option<String> {
-        let transport = std::iter::successors(
-            std::error::Error::source(status),
-            |e: &&(dyn std::error::Error + 'static)| e.source(),
-        )
-        .any(|e| e.is::<tonic::transport::Error>());
-        if !transport && status.code() != Code::Unavailable {
+        if !is_connection_failure(status) {
             return None;
         }
         let mut detail = status.message().to_string();
@@ -110,6 +105,17 @@ impl ClientSecurity {
             None => detail.into_owned(),
         })
     }
+}
+
+/// True if `status` (a call's outcome) is a failure of the connection (a transport error, or
+/// UNAVAILABLE) rather than the server's answer.
+pub(crate) fn is_connection_failure(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        || std::iter::successors(
+            std::error::Error::source(status),
+            |e: &&(dyn std::error::Error + 'static)| e.source(),
+        )
+        .any(|e| e.is::<tonic::transport::Error>())
 }
 
 /// What a failed connection looks like, from the words of its error chain (tonic, hyper, h2,

@@ -26,8 +26,8 @@
 //! [`DownloadError::Cancelled`]. Its log lines are in a `download` span (file, content id prefix),
 //! each holder's in a `holder` span within it.
 //!
-//! Each download opens its own channels to its holders (they connect on the first call): two
-//! concurrent downloads from one holder use two connections, nothing is pooled across downloads.
+//! Channels to holders come from the node's pool (`grpc::pool`): downloads from one holder,
+//! one after another or at once, share one connection to it.
 
 mod contact;
 pub(crate) mod known;
@@ -46,7 +46,7 @@ pub use request::{
 };
 pub use transfer::DEFAULT_MAX_HOLDERS;
 
-use crate::grpc::ClientSecurity;
+use crate::grpc::{ChannelPool, ClientSecurity};
 use crate::names::validate_file_name;
 use crate::peer::book::SwarmBook;
 use crate::peer::store::{GrowingFile, SharedFile, Store, StoreError};
@@ -81,6 +81,8 @@ pub(crate) struct Context<'a> {
     pub(crate) store: &'a Arc<Store>,
     /// How to call holders (swarm key, TLS).
     pub(crate) security: &'a ClientSecurity,
+    /// The node's channels to holders, shared by its downloads.
+    pub(crate) pool: &'a ChannelPool,
     /// A holder silent this long is given up on.
     pub(crate) stall_timeout: Duration,
     /// Resumable partial files in use by this process's downloads.
@@ -168,7 +170,10 @@ async fn download(
         content_id,
         version.size,
         &mut known,
-        ctx.security,
+        contact::Dialer {
+            pool: ctx.pool,
+            security: ctx.security,
+        },
         &me,
         cancel,
     )
@@ -252,6 +257,7 @@ async fn download(
             me,
             my_id: ctx.peer_id.to_string(),
             security: ctx.security.clone(),
+            pool: ctx.pool.clone(),
             book: ctx.book.clone(),
             max_holders: ctx.max_holders.max(1),
             stall_timeout: ctx.stall_timeout,

@@ -6,18 +6,23 @@
 //! not a connect timeout. The manifest is asked of up to [`MANIFEST_PARALLEL`] holders at once,
 //! refilled as answers come in; the first one that matches the content id wins and the others are
 //! abandoned.
+//!
+//! Clients come from the node's [`ChannelPool`]: every download from a holder shares one
+//! connection to it. A control call that fails for the connection's sake (a transport error, or
+//! no answer in time) tells the pool, so the next download dials that holder afresh.
 
 use super::known::{KnownHolders, Outcome};
 use super::version::{parse_exchanged, HolderAddr};
 use super::{describe, DownloadError};
 use crate::chunking::{Bitfield, ContentId, Geometry, Manifest};
-use crate::grpc::{ClientChannel, ClientSecurity};
+use crate::grpc::{ChannelPool, ClientChannel, ClientSecurity, Lease};
 use crate::names;
 use crate::pb::peer as pb;
 use crate::pb::peer::peer_client::PeerClient;
 use crate::peer::server::{PEER_ADDRESS_HEADER, PEER_ID_HEADER};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -65,23 +70,73 @@ impl Identity {
     }
 }
 
+/// How a download reaches holders: its node's channel pool, and what it presents.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dialer<'a> {
+    pub(crate) pool: &'a ChannelPool,
+    pub(crate) security: &'a ClientSecurity,
+}
+
 /// A client to one holder.
 #[derive(Clone, Debug)]
 pub(crate) struct Link {
     pub(crate) peer_id: String,
     pub(crate) address: String,
     pub(crate) client: PeerClient<ClientChannel>,
+    /// The hold on the pooled channel: while a link lives, its channel stays pooled.
+    lease: Lease,
+    /// The holder's `GetPieces` answer, asked together with its manifest (one round trip
+    /// instead of two before the first session); taken, unchecked, by the first
+    /// [`Link::pieces`], which checks it like any other answer.
+    prefetched: Arc<Mutex<Option<pb::GetPiecesResponse>>>,
 }
 
 impl Link {
-    /// A lazily connecting client to `address`; `None` if the address cannot be dialled.
-    pub(crate) fn dial(peer_id: &str, address: &str, security: &ClientSecurity) -> Option<Link> {
-        let channel = security.channel(address).ok()?;
+    /// A client to `address` on the pool's channel for it (lazily connecting if new), presenting
+    /// `security`; `None` if the address cannot be dialled.
+    pub(crate) fn dial(
+        peer_id: &str,
+        address: &str,
+        pool: &ChannelPool,
+        security: &ClientSecurity,
+    ) -> Option<Link> {
+        let (channel, lease) = pool.channel(address, security).ok()?;
         Some(Link {
             peer_id: peer_id.to_string(),
             address: address.to_string(),
             client: PeerClient::new(channel)
                 .max_decoding_message_size(crate::grpc::MAX_MESSAGE_SIZE),
+            lease,
+            prefetched: Arc::default(),
+        })
+    }
+
+    /// The connection to this holder failed: the pool dials afresh for the next caller.
+    pub(crate) fn connection_failed(&self) {
+        self.lease.connection_failed();
+    }
+
+    /// A control call on this link (`call` makes it on a client), with its deadline.
+    ///
+    /// A pooled connection can break between two downloads (the holder restarted, or closed it
+    /// as idle just as we used it); a call that fails for that reason is made once more within
+    /// the same deadline (control calls are idempotent), on the same channel, which dials
+    /// afresh. A connection that fails again, or is silent, is dropped from the pool.
+    async fn control<T, F, Fut>(&self, mut call: F) -> Result<T, (Outcome, String)>
+    where
+        F: FnMut(PeerClient<ClientChannel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + CONTROL_TIMEOUT;
+        let mut result = control(call(self.client.clone()), deadline).await;
+        if let Err((_, Some(Broken::Transport))) = &result {
+            result = control(call(self.client.clone()), deadline).await;
+        }
+        result.map_err(|(failure, broken)| {
+            if broken.is_some() {
+                self.connection_failed();
+            }
+            failure
         })
     }
 
@@ -93,17 +148,32 @@ impl Link {
     }
 
     /// The holder's manifest for `content_id`, checked against it and the tracker's `size`.
+    /// Which pieces it has is asked at the same time (on the same connection) and kept for the
+    /// first [`Link::pieces`]: a small file's download then waits one round trip less.
     pub(crate) async fn manifest(
         &self,
         content_id: ContentId,
         size: u64,
         me: &Identity,
     ) -> Result<Manifest, (Outcome, String)> {
-        let request = me.request(pb::GetManifestRequest {
-            file: Self::selector(content_id),
+        let manifest = self.control(|mut client| {
+            let request = me.request(pb::GetManifestRequest {
+                file: Self::selector(content_id),
+            });
+            async move { client.get_manifest(request).await }
         });
-        let response = control(self.client.clone().get_manifest(request)).await?;
-        check_manifest(content_id, size, response).map_err(|why| (Outcome::Corrupt, why))
+        let pieces = self.control(|mut client| {
+            let request = me.request(pb::GetPiecesRequest {
+                file: Self::selector(content_id),
+            });
+            async move { client.get_pieces(request).await }
+        });
+        let (manifest, pieces) = tokio::join!(manifest, pieces);
+        // A failure here is no verdict: the first `pieces` asks again.
+        if let Ok(answer) = pieces {
+            *self.prefetched.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
+        }
+        check_manifest(content_id, size, manifest?).map_err(|why| (Outcome::Corrupt, why))
     }
 
     /// Which pieces the holder has. A holder too old to answer (UNIMPLEMENTED) is taken to have
@@ -114,10 +184,22 @@ impl Link {
         me: &Identity,
     ) -> Result<Bitfield, (Outcome, String)> {
         let pieces = manifest.geometry().piece_count();
-        let request = me.request(pb::GetPiecesRequest {
-            file: Self::selector(manifest.content_id()),
-        });
-        match control(self.client.clone().get_pieces(request)).await {
+        let asked = |mut client: PeerClient<ClientChannel>| {
+            let request = me.request(pb::GetPiecesRequest {
+                file: Self::selector(manifest.content_id()),
+            });
+            async move { client.get_pieces(request).await }
+        };
+        let prefetched = self
+            .prefetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let answer = match prefetched {
+            Some(answer) => Ok(answer),
+            None => self.control(asked).await,
+        };
+        match answer {
             Ok(answer) => check_pieces(manifest.content_id(), pieces, &answer)
                 .map_err(|why| (Outcome::Corrupt, why)),
             Err((_, why)) if why.starts_with("Unimplemented") => Ok(Bitfield::full(pieces)),
@@ -132,10 +214,14 @@ impl Link {
         content_id: ContentId,
         me: &Identity,
     ) -> Result<Vec<HolderAddr>, (Outcome, String)> {
-        let request = me.request(pb::GetHoldersRequest {
-            content_id: content_id.to_hex(),
-        });
-        let answer = control(self.client.clone().get_holders(request)).await?;
+        let answer = self
+            .control(|mut client| {
+                let request = me.request(pb::GetHoldersRequest {
+                    content_id: content_id.to_hex(),
+                });
+                async move { client.get_holders(request).await }
+            })
+            .await?;
         Ok(parse_exchanged(&self.peer_id, &answer.holders))
     }
 }
@@ -170,19 +256,36 @@ pub(crate) fn check_pieces(
     Ok(have)
 }
 
-/// A control call with its deadline; a failure says how the holder should be treated.
+/// How a failed control call says the connection itself failed, not just the holder's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    /// A transport error: refused, reset, closed.
+    Transport,
+    /// No answer by the deadline: the connection may be dead silent.
+    Silent,
+}
+
+/// A control call with its `deadline`; a failure says how the holder should be treated, and
+/// whether the connection itself failed.
 async fn control<T>(
     call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, (Outcome, String)> {
-    match tokio::time::timeout(CONTROL_TIMEOUT, call).await {
+    deadline: tokio::time::Instant,
+) -> Result<T, ((Outcome, String), Option<Broken>)> {
+    match tokio::time::timeout_at(deadline, call).await {
         Err(_) => Err((
-            Outcome::Failed,
-            format!("no answer within {CONTROL_TIMEOUT:?}"),
+            (
+                Outcome::Failed,
+                format!("no answer within {CONTROL_TIMEOUT:?}"),
+            ),
+            Some(Broken::Silent),
         )),
         Ok(Err(status)) if status.code() == Code::ResourceExhausted => {
-            Err((Outcome::Busy, describe(&status)))
+            Err(((Outcome::Busy, describe(&status)), None))
         }
-        Ok(Err(status)) => Err((Outcome::Failed, describe(&status))),
+        Ok(Err(status)) => {
+            let broken = crate::grpc::is_connection_failure(&status).then_some(Broken::Transport);
+            Err(((Outcome::Failed, describe(&status)), broken))
+        }
         Ok(Ok(response)) => Ok(response.into_inner()),
     }
 }
@@ -218,7 +321,7 @@ pub(crate) async fn find_manifest(
     content_id: ContentId,
     size: u64,
     known: &mut KnownHolders,
-    security: &ClientSecurity,
+    dialer: Dialer<'_>,
     me: &Identity,
     cancel: &CancellationToken,
 ) -> Result<(Manifest, Link), DownloadError> {
@@ -230,7 +333,7 @@ pub(crate) async fn find_manifest(
     loop {
         let room = MANIFEST_PARALLEL.saturating_sub(attempts.len());
         for (peer_id, address) in known.take(room, Instant::now(), &mut rng) {
-            let Some(link) = Link::dial(&peer_id, &address, security) else {
+            let Some(link) = Link::dial(&peer_id, &address, dialer.pool, dialer.security) else {
                 known.disconnected(&peer_id, Outcome::Corrupt, Instant::now());
                 problems.push(format!("{peer_id}: bad address {address:?}"));
                 continue;

@@ -22,7 +22,7 @@ use super::worker::session;
 use super::writer::PieceWriter;
 use super::{Context, HolderReport, SAVE_PROGRESS_EVERY};
 use crate::chunking::{Bitfield, Manifest, PieceIndex};
-use crate::grpc::ClientSecurity;
+use crate::grpc::{ChannelPool, ClientSecurity};
 use crate::peer::book::SwarmBook;
 use crate::peer::store::GrowingFile;
 use crate::progress::Progress;
@@ -87,6 +87,7 @@ pub(super) struct Setup {
     pub(super) me: Identity,
     pub(super) my_id: String,
     pub(super) security: ClientSecurity,
+    pub(super) pool: ChannelPool,
     pub(super) book: Arc<SwarmBook>,
     pub(super) max_holders: usize,
     pub(super) stall_timeout: Duration,
@@ -344,7 +345,7 @@ impl Transfer {
         for (peer_id, address) in chosen {
             let link = match links.get(&peer_id) {
                 Some(link) if link.address == address => link.clone(),
-                _ => match Link::dial(&peer_id, &address, &self.setup.security) {
+                _ => match Link::dial(&peer_id, &address, &self.setup.pool, &self.setup.security) {
                     Some(link) => {
                         links.insert(peer_id.clone(), link.clone());
                         link
@@ -389,8 +390,11 @@ impl Transfer {
         state.known.disconnected(peer_id, outcome, Instant::now());
         let dropped = matches!(outcome, Outcome::Failed | Outcome::Corrupt);
         if dropped {
-            // A dead holder's channel is not kept: it is dialled afresh if it comes back.
-            state.links.remove(peer_id);
+            // A dead holder's channel is not kept (here nor in the pool): it is dialled afresh
+            // if it comes back.
+            if let Some(link) = state.links.remove(peer_id) {
+                link.connection_failed();
+            }
         }
         match (&why, outcome) {
             (Some(why), Outcome::Corrupt) => {
