@@ -95,6 +95,10 @@ pub(crate) struct Context<'a> {
 
 /// Downloads `request` from the other holders in the swarm, counting into `progress`, until done
 /// or `cancel` fires.
+/// How long a finished download waits for the tracker to acknowledge its announcement before
+/// reporting anyway (the announcement continues in the background).
+const ANNOUNCE_WAIT: Duration = Duration::from_millis(100);
+
 pub(crate) async fn run(
     ctx: &Context<'_>,
     request: &DownloadRequest,
@@ -357,20 +361,39 @@ async fn download(
             if let Some(sharing) = sharing.take() {
                 sharing.completed();
             }
-            let announce = ctx.tracker.announce(super::entry(&file));
-            match cancel.run_until_cancelled(announce).await {
-                Some(Ok(())) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, file = %file.name, "downloaded but not announced yet; will be on the next registration");
-                }
-                None => tracing::debug!(file = %file.name, "cancelled before the announcement"),
-            }
+            announce(ctx, &file, cancel).await;
         }
     }
     drop(claim);
     report.elapsed = started.elapsed();
     tracing::debug!(fetched, elapsed = ?report.elapsed, "done");
     Ok(report)
+}
+
+/// Announces a finished download to the tracker. The download waits for the answer at most
+/// [`ANNOUNCE_WAIT`]: a tracker that is slow or cut off must not hold a file that is already in
+/// place (the announcement goes on in the background, bounded by the call's own deadline, and a
+/// failed one is made good by the next registration).
+async fn announce(ctx: &Context<'_>, file: &SharedFile, cancel: &CancellationToken) {
+    let tracker = ctx.tracker.clone();
+    let entry = super::entry(file);
+    let name = file.name.clone();
+    let cancel = cancel.clone();
+    let task = tokio::spawn(
+        async move {
+            match cancel.run_until_cancelled(tracker.announce(entry)).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, file = %name, "downloaded but not announced yet; will be on the next registration");
+                }
+                None => tracing::debug!(file = %name, "cancelled before the announcement"),
+            }
+        }
+        .in_current_span(),
+    );
+    if tokio::time::timeout(ANNOUNCE_WAIT, task).await.is_err() {
+        tracing::debug!(file = %file.name, "the tracker has not answered the announcement yet; going on without it");
+    }
 }
 
 /// A download serving its verified pieces (a partial holder): registered in the store and
