@@ -102,6 +102,8 @@ pub struct PeerService {
     choker: Arc<std::sync::Mutex<Choker>>,
     /// Bytes of blocks sent, all streams together.
     uploaded: Arc<std::sync::atomic::AtomicU64>,
+    /// Pieces of served files already checked since they last changed (not hashed again).
+    checked: Arc<stream::CheckedFiles>,
 }
 
 /// A file as served: whole (in `files/`) or growing (a download in progress: verified pieces).
@@ -181,6 +183,7 @@ impl PeerService {
             shutdown: CancellationToken::new(),
             book: Arc::default(),
             uploaded: Arc::default(),
+            checked: Arc::default(),
         }
     }
 
@@ -401,17 +404,18 @@ impl Peer for PeerService {
             .map_err(|_| ServeError::Busy(self.limits.max_streams))?;
         let files_dir = self.store.files_dir().to_path_buf();
         let name = file.name().to_string();
-        let opened = tokio::task::spawn_blocking(move || {
+        let (opened, stamp) = tokio::task::spawn_blocking(move || {
             let opened = match &file {
                 Served::Whole(shared) => open_inside(&files_dir, shared)?,
                 Served::Growing(growing) => std::fs::File::open(&growing.path).map_err(|_| {
                     ServeError::NotShared(format!("{:?} (its download ended)", growing.name))
                 })?,
             };
-            if opened.metadata()?.len() != geometry.size() {
+            let meta = opened.metadata()?;
+            if meta.len() != geometry.size() {
                 return Err(ServeError::ChangedOnDisk(file.name().to_string()));
             }
-            Ok(opened)
+            Ok((opened, stream::FileStamp::of(&meta)))
         })
         .await
         .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
@@ -441,7 +445,12 @@ impl Peer for PeerService {
             runtime: tokio::runtime::Handle::current(),
             _permit: permit,
             slot: Some(slot),
-            check: stream::PieceCheck::new(manifest, self.store.clone()),
+            check: stream::PieceCheck::new(
+                manifest.clone(),
+                self.store.clone(),
+                self.checked
+                    .of(manifest.content_id(), stamp, geometry.piece_count()),
+            ),
         };
         // Spans do not follow a closure onto a blocking thread by themselves.
         tokio::task::spawn_blocking(move || {
