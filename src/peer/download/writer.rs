@@ -212,7 +212,7 @@ impl Sink {
 
     /// The direct file, if a write of `len` bytes at `offset` may go there.
     fn direct_target(&self, len: usize, offset: u64) -> Option<&std::fs::File> {
-        let aligned = len % ALIGN == 0 && offset % ALIGN as u64 == 0;
+        let aligned = len.is_multiple_of(ALIGN) && offset.is_multiple_of(ALIGN as u64);
         if !aligned || self.direct_refused.load(Ordering::Relaxed) {
             return None;
         }
