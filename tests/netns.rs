@@ -19,7 +19,7 @@ use net::{Direction, Net};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use swarm::{Binaries, ExecRun};
+use swarm::{Binaries, ExecRun, PeerSpec};
 
 /// Bound on one download (with a cable pulled, the stall timeout is part of it).
 const GET_TIMEOUT: Duration = Duration::from_secs(60);
@@ -81,22 +81,24 @@ impl Setup {
         self.dir.path().join("logs")
     }
 
+    /// The peer on `host` (its id is the host's name).
+    fn spec<'a>(&self, host: &'a str, root: &'a Path, logs: &'a Path) -> PeerSpec<'a> {
+        PeerSpec {
+            host,
+            id: host,
+            root,
+            tracker: self.tracker,
+            logs,
+        }
+    }
+
     /// Seeders of `name` on `hosts` (peer id = host name), all listed by the tracker.
     fn seeders(&mut self, hosts: &[&str], name: &str, extra: &[&str]) {
         swarm::seed(&self.root(), hosts, name, &self.source).unwrap();
         for host in hosts {
             let (root, logs) = (self.root(), self.logs());
-            swarm::start_peer(
-                &mut self.net,
-                host,
-                &self.bin,
-                host,
-                &root,
-                self.tracker,
-                extra,
-                &logs,
-            )
-            .unwrap();
+            let spec = self.spec(host, &root, &logs);
+            swarm::start_peer(&mut self.net, &self.bin, &spec, extra).unwrap();
         }
         let probe = self.net.hosts()[0].name.clone();
         swarm::wait_for_peers(&self.net, &probe, self.tracker, hosts, LISTING_TIMEOUT)
@@ -106,18 +108,8 @@ impl Setup {
     /// Starts `peer <host> --exec <commands>` on `host`.
     fn start_exec(&mut self, host: &str, commands: &str, extra: &[&str]) -> Instant {
         let (root, logs) = (self.root(), self.logs());
-        swarm::start_exec(
-            &mut self.net,
-            host,
-            &self.bin,
-            host,
-            &root,
-            self.tracker,
-            commands,
-            extra,
-            &logs,
-        )
-        .unwrap()
+        let spec = self.spec(host, &root, &logs);
+        swarm::start_exec(&mut self.net, &self.bin, &spec, commands, extra).unwrap()
     }
 
     /// Waits for the `--exec` peer on `host`, which must succeed.
@@ -201,9 +193,13 @@ fn download_across_hosts_lists_real_addresses() {
     };
     s.seeders(&["h1"], "f.bin", &[]);
     let listed = swarm::list_peers(&s.net, "d", s.tracker).unwrap();
+    let listed: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|p| (p.id.as_str(), p.address.as_str()))
+        .collect();
     assert_eq!(
         listed,
-        vec![("h1".to_string(), format!("{}:9000", s.net.host("h1").addr))]
+        [("h1", &*format!("{}:9000", s.net.host("h1").addr))]
     );
     let started = s.start_exec("d", "get f.bin; peers --json", &[]);
     let run = s.finish_exec("d", started);
@@ -328,8 +324,8 @@ fn tracker_cut_mid_download_then_peers_come_back() {
         LISTING_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", s.all_logs()));
-    for (id, address) in &listed {
-        assert_eq!(address, &format!("{}:9000", s.net.host(id).addr));
+    for peer in &listed {
+        assert_eq!(peer.address, format!("{}:9000", s.net.host(&peer.id).addr));
     }
 }
 

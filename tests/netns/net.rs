@@ -70,7 +70,13 @@ pub(crate) struct Net {
 
 /// Whether this machine can make such networks: root with `CAP_NET_ADMIN` and `CAP_SYS_ADMIN`
 /// (`ip netns add` mounts), the `ip` and `tc` programs, `/dev/net/tun`. `Err` says what is missing.
+/// Found out once per process (tests ask at the same time).
 pub(crate) fn available() -> Result<(), String> {
+    static FOUND: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    FOUND.get_or_init(find_out).clone()
+}
+
+fn find_out() -> Result<(), String> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let effective = status
         .lines()
@@ -92,7 +98,11 @@ pub(crate) fn available() -> Result<(), String> {
         return Err("/dev/net/tun (the delay line)".into());
     }
     // The real test: can a namespace be made here (not in every container)?
-    let probe = format!("{PREFIX}{}-probe", std::process::id());
+    let probe = format!(
+        "{PREFIX}{}-{}-probe",
+        std::process::id(),
+        SEQUENCE.fetch_add(1, Ordering::Relaxed)
+    );
     let made = run("ip", &["netns", "add", &probe]);
     let _ = run("ip", &["netns", "del", &probe]);
     made.map(|_| ())
@@ -337,18 +347,35 @@ impl Net {
         run("ip", &["-n", &self.switch, "link", "set", &port, state]).map(|_| ())
     }
 
-    /// Bytes `host` has received on its link so far (its switch port's transmit counter).
+    /// Removes `host`'s cap in `direction`, if any.
+    pub(crate) fn uncap(&self, host: &str, direction: Direction) {
+        let h = self.host(host);
+        let (ns, dev) = match direction {
+            Direction::Up => (h.ns.as_str(), "eth0"),
+            Direction::Down => (self.switch.as_str(), h.port.as_str()),
+        };
+        // Fails when there is no cap, which is fine.
+        let _ = run("tc", &["-n", ns, "qdisc", "del", "dev", dev, "root"]);
+    }
+
+    /// Bytes `host` has received on its link so far (its switch port's transmit counter), read
+    /// from `/proc/thread-self/net/dev` on a thread in the switch's namespace (no process
+    /// started: cheap enough to poll every few milliseconds).
     pub(crate) fn received_bytes(&self, host: &str) -> u64 {
-        let port = &self.host(host).port;
-        run(
-            "ip",
-            &["-n", &self.switch, "-s", "-j", "link", "show", "dev", port],
-        )
-        .ok()
-        .and_then(|json| {
-            let v: serde_json::Value = serde_json::from_str(&json).ok()?;
-            v.get(0)?.get("stats64")?.get("tx")?.get("bytes")?.as_u64()
+        let port = format!("{}:", self.host(host).port);
+        in_namespace(&self.switch, || {
+            let table = std::fs::read_to_string("/proc/thread-self/net/dev").ok()?;
+            // `name: rx_bytes rx_packets ... (8 receive fields) tx_bytes ...`
+            let line = table.lines().find(|l| l.trim_start().starts_with(&port))?;
+            line.split_once(':')?
+                .1
+                .split_whitespace()
+                .nth(8)?
+                .parse()
+                .ok()
         })
+        .ok()
+        .flatten()
         .unwrap_or(0)
     }
 

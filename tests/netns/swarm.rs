@@ -115,60 +115,63 @@ pub(crate) fn start_tracker(
     Ok(SocketAddr::new(net.host(host).addr.into(), TRACKER_PORT))
 }
 
-/// Starts a headless peer `id` on `host` over `<root>/<id>/`, with `extra` options.
-pub(crate) fn start_peer(
-    net: &mut Net,
-    host: &str,
-    bin: &Binaries,
-    id: &str,
-    root: &Path,
-    tracker: SocketAddr,
-    extra: &[&str],
-    logs: &Path,
-) -> Result<(), String> {
-    let (stdout, stderr) = log_files(logs, id)?;
-    let mut command = net.command(host, &bin.peer);
-    command
-        .arg(id)
-        .arg(PEER_PORT.to_string())
-        .arg(tracker.to_string())
-        .arg("--root")
-        .arg(root)
-        .arg("--no-shell")
-        .args(extra)
-        .stdout(stdout)
-        .stderr(stderr);
-    net.spawn(id, command).map(|_| ())
+/// Where and how a peer process runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerSpec<'a> {
+    /// Its host.
+    pub(crate) host: &'a str,
+    /// Its peer id (also the name of its logs).
+    pub(crate) id: &'a str,
+    /// The folder that holds `<id>/`.
+    pub(crate) root: &'a Path,
+    /// The tracker.
+    pub(crate) tracker: SocketAddr,
+    /// Where its output goes.
+    pub(crate) logs: &'a Path,
 }
 
-/// Starts `peer <id> 0 <tracker> --root <root> --exec <commands> <extra>` on `host`; wait for it
-/// with [`wait_exec`].
+impl PeerSpec<'_> {
+    /// `peer <id> <PEER_PORT> <tracker> --root <root>` on its host, output to its logs.
+    fn command(&self, net: &Net, bin: &Binaries) -> Result<std::process::Command, String> {
+        let (stdout, stderr) = log_files(self.logs, self.id)?;
+        let mut command = net.command(self.host, &bin.peer);
+        command
+            .arg(self.id)
+            .arg(PEER_PORT.to_string())
+            .arg(self.tracker.to_string())
+            .arg("--root")
+            .arg(self.root)
+            .stdout(stdout)
+            .stderr(stderr);
+        Ok(command)
+    }
+}
+
+/// Starts a headless peer (`--no-shell`) as `spec` says, with `extra` options.
+pub(crate) fn start_peer(
+    net: &mut Net,
+    bin: &Binaries,
+    spec: &PeerSpec<'_>,
+    extra: &[&str],
+) -> Result<(), String> {
+    let mut command = spec.command(net, bin)?;
+    command.arg("--no-shell").args(extra);
+    net.spawn(spec.id, command).map(|_| ())
+}
+
+/// Starts a peer that runs `commands` (`--exec`) as `spec` says, with `extra` options; wait for
+/// it with [`wait_exec`].
 pub(crate) fn start_exec(
     net: &mut Net,
-    host: &str,
     bin: &Binaries,
-    id: &str,
-    root: &Path,
-    tracker: SocketAddr,
+    spec: &PeerSpec<'_>,
     commands: &str,
     extra: &[&str],
-    logs: &Path,
 ) -> Result<Instant, String> {
-    let (stdout, stderr) = log_files(logs, id)?;
-    let mut command = net.command(host, &bin.peer);
-    command
-        .arg(id)
-        .arg(PEER_PORT.to_string())
-        .arg(tracker.to_string())
-        .arg("--root")
-        .arg(root)
-        .arg("--exec")
-        .arg(commands)
-        .args(extra)
-        .stdout(stdout)
-        .stderr(stderr);
+    let mut command = spec.command(net, bin)?;
+    command.arg("--exec").arg(commands).args(extra);
     let started = Instant::now();
-    net.spawn(id, command)?;
+    net.spawn(spec.id, command)?;
     Ok(started)
 }
 
@@ -211,12 +214,23 @@ pub(crate) fn read_log(logs: &Path, label: &str, ext: &str) -> String {
     std::fs::read_to_string(logs.join(format!("{label}.{ext}"))).unwrap_or_default()
 }
 
-/// The tracker's listing of live peers, asked from `host`: `(peer id, address)`, by id.
+/// A live peer as the tracker lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Listed {
+    /// Its id.
+    pub(crate) id: String,
+    /// Its address, as the tracker hands it out.
+    pub(crate) address: String,
+    /// How many files it shares.
+    pub(crate) files: u32,
+}
+
+/// The tracker's listing of live peers, asked from `host`, by id.
 pub(crate) fn list_peers(
     net: &Net,
     host: &str,
     tracker: SocketAddr,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<Listed>, String> {
     net.on(host, move || {
         // A runtime on this thread alone, so the connection is made in this namespace.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -240,7 +254,11 @@ pub(crate) fn list_peers(
                     .map_err(|_| format!("ListPeers took over {CALL_TIMEOUT:?}"))?
                     .map_err(|s| format!("ListPeers: {s}"))?
                     .into_inner();
-                peers.extend(answer.peers.into_iter().map(|p| (p.peer_id, p.address)));
+                peers.extend(answer.peers.into_iter().map(|p| Listed {
+                    id: p.peer_id,
+                    address: p.address,
+                    files: p.file_count,
+                }));
                 if answer.next_page_token.is_empty() {
                     break;
                 }
@@ -261,20 +279,40 @@ pub(crate) fn wait_for_peers(
     tracker: SocketAddr,
     ids: &[&str],
     timeout: Duration,
-) -> Result<(Vec<(String, String)>, Instant), String> {
+) -> Result<(Vec<Listed>, Instant), String> {
+    wait_for_catalogs(
+        net,
+        host,
+        tracker,
+        &ids.iter().map(|id| (*id, 0)).collect::<Vec<_>>(),
+        timeout,
+    )
+}
+
+/// Polls the tracker's listing (from `host`) until each `(id, files)` is in it sharing at
+/// least `files` files, for at most `timeout`; returns the listing and when it was complete.
+pub(crate) fn wait_for_catalogs(
+    net: &Net,
+    host: &str,
+    tracker: SocketAddr,
+    wanted: &[(&str, u32)],
+    timeout: Duration,
+) -> Result<(Vec<Listed>, Instant), String> {
     let deadline = Instant::now() + timeout;
     let mut last = Err("never asked".to_string());
     while Instant::now() < deadline {
         last = list_peers(net, host, tracker);
         if let Ok(peers) = &last {
-            if ids.iter().all(|id| peers.iter().any(|(p, _)| p == id)) {
+            let listed =
+                |(id, files): &(&str, u32)| peers.iter().any(|p| p.id == *id && p.files >= *files);
+            if wanted.iter().all(listed) {
                 return Ok((peers.clone(), Instant::now()));
             }
         }
-        std::thread::sleep(POLL_STEP.max(Duration::from_millis(50)));
+        std::thread::sleep(POLL_STEP);
     }
     Err(format!(
-        "not all of {ids:?} listed within {timeout:?}; last: {last:?}"
+        "not all of {wanted:?} listed within {timeout:?}; last: {last:?}"
     ))
 }
 
