@@ -216,6 +216,9 @@ pub(crate) struct Timeline {
     pub(crate) got_line: Option<Duration>,
     /// When the cable was pulled, and the share of the file in by then.
     pub(crate) cut: Option<(Duration, f64)>,
+    /// The TCP state of the probed holder's connections (`ss -tin`), taken once 90% of the file
+    /// was in: why its sender waited (see [`tcp_limits`]).
+    pub(crate) holder_tcp: Option<String>,
 }
 
 /// What one download needs: the downloader (a new peer id per run, so the tracker never lists
@@ -227,6 +230,8 @@ pub(crate) struct GetPlan<'a> {
     pub(crate) file: &'a str,
     /// Its size.
     pub(crate) size: u64,
+    /// A holder whose TCP state to take once 90% of the file is in.
+    pub(crate) probe: Option<&'a str>,
 }
 
 /// Runs `peer <id> --exec "get FILE"` on its host, watching its link, its `files/` and its
@@ -248,17 +253,25 @@ pub(crate) fn timed_get(
     let started = swarm::start_exec(net, bin, spec, &format!("get {}", plan.file), &[])?;
     let dest = spec.root.join(spec.id).join("files").join(plan.file);
     let stdout = spec.logs.join(format!("{}.stdout", spec.id));
-    let (mut file_in, mut got_line) = (None, None);
+    let (mut file_in, mut got_line, mut holder_tcp) = (None, None, None);
     let deadline = started + TRANSFER_LIMIT;
     loop {
         if net.child(spec.id).try_wait()?.is_some() || Instant::now() > deadline {
             break;
         }
-        if let (Some(c), None) = (cut, cut_at) {
-            let share = net
-                .received_bytes(spec.host)
+        let share = || {
+            net.received_bytes(spec.host)
                 .saturating_sub(received_before) as f64
-                / plan.size.max(1) as f64;
+                / plan.size.max(1) as f64
+        };
+        if let (Some(holder), None) = (plan.probe, &holder_tcp) {
+            if share() >= 0.9 {
+                let ns = net.host(holder).ns.clone();
+                holder_tcp = net::run("ip", &["netns", "exec", &ns, "ss", "-tinH"]).ok();
+            }
+        }
+        if let (Some(c), None) = (cut, cut_at) {
+            let share = share();
             if share >= c.at_fraction {
                 net.set_link(&c.host, false)?;
                 cut_at = Some((started.elapsed(), share));
@@ -292,5 +305,33 @@ pub(crate) fn timed_get(
         file_in,
         got_line,
         cut: cut_at,
+        holder_tcp,
     })
+}
+
+/// From `ss -tin` output: for the connection to `peer` (an address), the sender's TCP figures
+/// that say why it waited: `busy` (time with data in flight), `rwnd_limited` (waiting for the
+/// receiver's TCP window), `sndbuf_limited` (waiting for its own send buffer), `cwnd`, `rtt`.
+/// Time neither busy nor limited is time the application (here: HTTP/2 flow control, or the
+/// holder itself) had nothing to send.
+pub(crate) fn tcp_limits(ss: &str, peer: &str) -> Option<String> {
+    // `ss -tinH`: a line with the addresses, then an indented line of TCP_INFO fields.
+    let lines: Vec<&str> = ss.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains(peer) && !l.starts_with(char::is_whitespace))?;
+    let info = lines.get(at + 1)?;
+    let wanted = [
+        "cwnd:",
+        "rtt:",
+        "busy:",
+        "rwnd_limited:",
+        "sndbuf_limited:",
+        "app_limited",
+    ];
+    let fields: Vec<&str> = info
+        .split_whitespace()
+        .filter(|f| wanted.iter().any(|w| f.starts_with(w)))
+        .collect();
+    Some(fields.join(" "))
 }

@@ -16,7 +16,9 @@ use crate::files::write_random;
 use crate::network::delay_line::DelayLine;
 use crate::network::net::{self, Direction, Net};
 use crate::network::swarm::{self, Binaries, PeerSpec};
-use crate::network::{binaries, plain_tcp, split_file, timed_get, Cut, GetPlan, Timeline};
+use crate::network::{
+    binaries, plain_tcp, split_file, tcp_limits, timed_get, Cut, GetPlan, Timeline,
+};
 use crate::report::{median, ratio, Row};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -99,6 +101,16 @@ impl World {
 
     /// One `get` of `file` by a new downloader; its copy is removed afterwards.
     fn get(&mut self, file: &'static str, cut: Option<&Cut>) -> Result<Timeline, BenchError> {
+        self.get_probing(file, cut, None)
+    }
+
+    /// [`World::get`], taking `probe`'s TCP state near the end.
+    fn get_probing(
+        &mut self,
+        file: &'static str,
+        cut: Option<&Cut>,
+        probe: Option<&str>,
+    ) -> Result<Timeline, BenchError> {
         self.next_id += 1;
         let id = format!("d{}", self.next_id);
         let (root, logs) = (self.root(), self.logs());
@@ -112,6 +124,7 @@ impl World {
             },
             file,
             size: self.size(file),
+            probe,
         };
         let timeline = timed_get(&mut self.net, &self.bin, &plan, cut);
         let _ = std::fs::remove_dir_all(root.join(&id));
@@ -338,12 +351,21 @@ impl Runner<'_> {
             .collect();
         let size = world.size(case.file);
         let (mut gets, mut tcps, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+        // With a delay, the holder's TCP state near the end says where the time goes.
+        let probe = case.delay.map(|_| case.holders[0].0);
+        let downloader = format!("{}:", world.net.host(DOWNLOADER).addr);
+        let mut limits = None;
         for _ in 0..world.runs {
-            match world.get(case.file, None) {
-                Ok(t) => match t.get_seconds {
-                    Some(s) => gets.push(s),
-                    None => failures.push(format!("no `got` line: {}", t.run.stdout.trim())),
-                },
+            match world.get_probing(case.file, None, probe) {
+                Ok(t) => {
+                    if let Some(ss) = &t.holder_tcp {
+                        limits = tcp_limits(ss, &downloader).or(limits);
+                    }
+                    match t.get_seconds {
+                        Some(s) => gets.push(s),
+                        None => failures.push(format!("no `got` line: {}", t.run.stdout.trim())),
+                    }
+                }
                 Err(e) => failures.push(e.to_string()),
             }
             match plain_tcp(&world.net, &self.swarm.exe, DOWNLOADER, &senders, &scratch) {
@@ -462,41 +484,45 @@ impl Runner<'_> {
             ));
         };
 
-        // A holder's cable pulled halfway: ideal = the part in by then at the 3-holder pace,
-        // the rest at the 2-holder pace.
-        self.say("network: h2's cable pulled halfway through a 3-holder download");
-        let mut mid = CutRow::new("1 of 3 holders at 50%, time over the ideal", 1.0, "<= 1 s");
-        let mut total = Vec::new();
-        for _ in 0..world.runs {
-            let cut = Cut {
-                host: "h2".into(),
-                at_fraction: 0.5,
-            };
-            match world.get(file, Some(&cut)) {
-                Ok(t) => match (t.get_seconds, t.cut) {
-                    (Some(s), Some((_, f))) => {
-                        let ideal = f * t3 + (1.0 - f) * t2;
-                        mid.seconds.push(s - ideal);
-                        total.push(s);
-                        mid.notes.push(format!(
-                            "{s:.2} s vs ideal {ideal:.2} s (cut at {:.0}%)",
-                            f * 100.0
-                        ));
-                    }
-                    _ => mid
-                        .failures
-                        .push(format!("no `got` line or no cut: {}", t.run.stdout.trim())),
-                },
-                Err(e) => mid.failures.push(e.to_string()),
+        // A holder's cable pulled halfway, and near the end: ideal = the part in by then at the
+        // 3-holder pace, the rest at the 2-holder pace.
+        for percent in [50, 90] {
+            self.say(&format!(
+                "network: h2's cable pulled at {percent}% of a 3-holder download"
+            ));
+            let label = format!("1 of 3 holders at {percent}%, time over the ideal");
+            let mut mid = CutRow::new(&label, 1.0, "<= 1 s");
+            for _ in 0..world.runs {
+                let cut = Cut {
+                    host: "h2".into(),
+                    at_fraction: f64::from(percent) / 100.0,
+                };
+                match world.get(file, Some(&cut)) {
+                    Ok(t) => match (t.get_seconds, t.cut) {
+                        (Some(s), Some((_, f))) => {
+                            let ideal = f * t3 + (1.0 - f) * t2;
+                            mid.seconds.push(s - ideal);
+                            mid.notes.push(format!(
+                                "{s:.2} s vs ideal {ideal:.2} s (cut at {:.0}%, exit at {:.2} s)",
+                                f * 100.0,
+                                t.run.wall.as_secs_f64()
+                            ));
+                        }
+                        _ => mid
+                            .failures
+                            .push(format!("no `got` line or no cut: {}", t.run.stdout.trim())),
+                    },
+                    Err(e) => mid.failures.push(e.to_string()),
+                }
+                world.net.set_link("h2", true)?;
+                world.holders_listed()?;
             }
-            world.net.set_link("h2", true)?;
-            world.holders_listed()?;
+            mid.notes.insert(
+                0,
+                format!("uncut: 3 holders {t3:.2} s, 2 holders {t2:.2} s"),
+            );
+            self.push(mid.row(size));
         }
-        mid.notes.insert(
-            0,
-            format!("uncut: 3 holders {t3:.2} s, 2 holders {t2:.2} s"),
-        );
-        self.push(mid.row(size));
 
         // A holder's cable pulled before the `get` (the tracker still lists it): ideal = the
         // two others alone.
@@ -515,7 +541,10 @@ impl Runner<'_> {
                 Ok(t) => match t.get_seconds {
                     Some(s) => {
                         before.seconds.push(s - t2);
-                        before.notes.push(format!("{s:.2} s vs ideal {t2:.2} s"));
+                        before.notes.push(format!(
+                            "{s:.2} s vs ideal {t2:.2} s (exit at {:.2} s)",
+                            t.run.wall.as_secs_f64()
+                        ));
                     }
                     None => before
                         .failures
