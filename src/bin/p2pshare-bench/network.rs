@@ -311,7 +311,8 @@ pub(crate) fn timed_get(
 
 /// From `ss -tin` output: for the connection to `peer` (an address), the sender's TCP figures
 /// that say why it waited: `busy` (time with data in flight), `rwnd_limited` (waiting for the
-/// receiver's TCP window), `sndbuf_limited` (waiting for its own send buffer), `cwnd`, `rtt`.
+/// receiver's TCP window), `sndbuf_limited` (waiting for its own send buffer), `cwnd`, `rtt`,
+/// and `send-q` (bytes unacknowledged: about what is in flight).
 /// Time neither busy nor limited is time the application (here: HTTP/2 flow control, or the
 /// holder itself) had nothing to send.
 pub(crate) fn tcp_limits(ss: &str, peer: &str) -> Option<String> {
@@ -320,6 +321,8 @@ pub(crate) fn tcp_limits(ss: &str, peer: &str) -> Option<String> {
     let at = lines
         .iter()
         .position(|l| l.contains(peer) && !l.starts_with(char::is_whitespace))?;
+    // Send-Q: bytes written to the socket and not yet acknowledged (in flight, or queued).
+    let send_q = lines[at].split_whitespace().nth(2).unwrap_or("?");
     let info = lines.get(at + 1)?;
     let wanted = [
         "cwnd:",
@@ -333,5 +336,5 @@ pub(crate) fn tcp_limits(ss: &str, peer: &str) -> Option<String> {
         .split_whitespace()
         .filter(|f| wanted.iter().any(|w| f.starts_with(w)))
         .collect();
-    Some(fields.join(" "))
+    Some(format!("send-q:{send_q} {}", fields.join(" ")))
 }

@@ -397,6 +397,9 @@ impl Runner<'_> {
             list(&gets),
             list(&tcps)
         ));
+        if let Some(limits) = limits {
+            notes.push(format!("holder's TCP at 90% (last run): {limits}"));
+        }
         if !failures.is_empty() {
             notes.push(format!("FAILED: {}", failures.join("; ")));
         }
