@@ -86,6 +86,7 @@ impl Setup {
         PeerSpec {
             host,
             id: host,
+            port: swarm::PEER_PORT,
             root,
             tracker: self.tracker,
             logs,

@@ -122,6 +122,8 @@ pub(crate) struct PeerSpec<'a> {
     pub(crate) host: &'a str,
     /// Its peer id (also the name of its logs).
     pub(crate) id: &'a str,
+    /// The port it serves on ([`PEER_PORT`] unless several run on one host in turn).
+    pub(crate) port: u16,
     /// The folder that holds `<id>/`.
     pub(crate) root: &'a Path,
     /// The tracker.
@@ -131,13 +133,13 @@ pub(crate) struct PeerSpec<'a> {
 }
 
 impl PeerSpec<'_> {
-    /// `peer <id> <PEER_PORT> <tracker> --root <root>` on its host, output to its logs.
+    /// `peer <id> <port> <tracker> --root <root>` on its host, output to its logs.
     fn command(&self, net: &Net, bin: &Binaries) -> Result<std::process::Command, String> {
         let (stdout, stderr) = log_files(self.logs, self.id)?;
         let mut command = net.command(self.host, &bin.peer);
         command
             .arg(self.id)
-            .arg(PEER_PORT.to_string())
+            .arg(self.port.to_string())
             .arg(self.tracker.to_string())
             .arg("--root")
             .arg(self.root)

@@ -120,6 +120,9 @@ impl World {
             peer: PeerSpec {
                 host: DOWNLOADER,
                 id: &id,
+                // Its own port: the peers that earlier downloaders were (which holders may
+                // still pass on) must not be this one.
+                port: swarm::PEER_PORT + (self.next_id % 20_000) as u16 + 1,
                 root: &root,
                 tracker: self.tracker,
                 logs: &logs,
@@ -226,6 +229,7 @@ impl Runner<'_> {
             let spec = PeerSpec {
                 host: holder,
                 id: holder,
+                port: swarm::PEER_PORT,
                 root: &root,
                 tracker,
                 logs: &logs,
