@@ -217,9 +217,11 @@ impl Runner<'_> {
     }
 }
 
-/// What each holder gave, from the `got` line (`[h1 20.0 MiB, h2 ... (dropped: ...), ...]`).
+/// What each holder gave, from the `got` line (`[h1 20.0 MiB, h2 ... (dropped: ...), ...]`);
+/// peers that gave nothing and were dropped (departed ones passed on by holders) are counted,
+/// not listed.
 fn shares(stdout: &str) -> String {
-    stdout
+    let Some(entries) = stdout
         .lines()
         .find(|l| l.starts_with("got "))
         .and_then(|l| {
@@ -228,5 +230,19 @@ fn shares(stdout: &str) -> String {
                 .rsplit_once("] in ")
                 .map(|(s, _)| s.to_string())
         })
-        .unwrap_or_else(|| "no `got` line".into())
+    else {
+        return "no `got` line".into();
+    };
+    let (empty, gave): (Vec<&str>, Vec<&str>) = entries
+        .split(", ")
+        .partition(|e| e.contains(" 0 B (dropped:"));
+    if empty.is_empty() {
+        gave.join(", ")
+    } else {
+        format!(
+            "{}; {} more peer(s) dropped having given nothing",
+            gave.join(", "),
+            empty.len()
+        )
+    }
 }
