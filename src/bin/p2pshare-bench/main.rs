@@ -46,6 +46,7 @@ mod crowd;
 mod error;
 mod files;
 mod memory;
+mod network;
 mod options;
 mod report;
 mod runner;

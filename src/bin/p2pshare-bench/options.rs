@@ -24,11 +24,14 @@ pub(crate) enum Scenario {
     Startup,
     /// One seeder capped at R, N downloaders (the real `peer` binary) started together.
     FlashCrowd,
+    /// Hosts in network namespaces (root): capped links, added latency, pulled cables, against
+    /// plain TCP on the same paths. Only when asked for by name (minutes long, needs root).
+    Network,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub(crate) const ALL: [Scenario; 9] = [
+    pub(crate) const ALL: [Scenario; 10] = [
         Scenario::Baseline,
         Scenario::OneHolder,
         Scenario::ThreeHolders,
@@ -38,6 +41,7 @@ impl Scenario {
         Scenario::Tracker,
         Scenario::Startup,
         Scenario::FlashCrowd,
+        Scenario::Network,
     ];
 }
 
@@ -114,6 +118,14 @@ pub(crate) struct SwarmOptions {
     /// minute at the defaults); the table shows medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub(crate) crowd_runs: u32,
+    /// Size of the file of the network scenario's capped rows and cut cables (its uncapped rows
+    /// use --size).
+    #[arg(long, default_value = "64M", value_parser = human::parse_size)]
+    pub(crate) net_capped_size: u64,
+    /// Delays added to the round trip in the network scenario, in ms: one uncapped row each
+    /// (comma-separated); the largest also makes a row capped at 100 Mbit/s.
+    #[arg(long, default_value = "1,5,20", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) net_delays: Vec<u32>,
     /// Working directory (default: a temporary directory under $TMPDIR, removed at the end).
     #[arg(long)]
     pub(crate) dir: Option<PathBuf>,
@@ -130,7 +142,7 @@ impl SwarmOptions {
     /// Whether `scenario` runs: all do by default, and the baseline runs with any download.
     pub(crate) fn wants(&self, scenario: Scenario) -> bool {
         if self.scenarios.is_empty() {
-            return true;
+            return scenario != Scenario::Network;
         }
         if scenario == Scenario::Baseline {
             return self.scenarios.iter().any(|s| {

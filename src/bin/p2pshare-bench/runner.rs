@@ -3,6 +3,7 @@
 
 mod crowd;
 mod downloads;
+mod network;
 mod small_files;
 mod startup;
 mod stress;
@@ -103,6 +104,7 @@ pub(crate) fn run(opts: &SwarmOptions, progress: &mut dyn Write) -> Result<Vec<R
             Scenario::Tracker => ("tracker", runner.tracker()),
             Scenario::Startup => ("startup", runner.startup()),
             Scenario::FlashCrowd => ("flash-crowd", runner.flash_crowd()),
+            Scenario::Network => ("network", runner.network()),
         };
         if let Err(e) = result {
             runner.push(failed_row(name, &e));
