@@ -238,7 +238,11 @@ async fn download(
     // A download into files/ serves its verified pieces from the start (a partial holder), and
     // says so to the tracker, unless another file of that name is shared here (the tracker keys
     // a peer's files by name).
-    let growing = (partial.is_resumable() && ctx.store.get(&request.name).is_none()).then(|| {
+    // (A file of one piece has nothing to serve before it is complete.)
+    let growing = (partial.is_resumable()
+        && geometry.piece_count() > 1
+        && ctx.store.get(&request.name).is_none())
+    .then(|| {
         Arc::new(GrowingFile::new(
             request.name.clone(),
             manifest.clone(),

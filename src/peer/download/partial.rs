@@ -91,8 +91,12 @@ struct Record {
 /// The partial file of a download and its record of verified pieces.
 pub(super) struct Partial {
     pub(super) path: PathBuf,
-    /// `<content id>.done`: one byte per piece, 1 = verified. None for scratch downloads.
+    /// `<content id>.done`: one byte per piece, 1 = verified. None for scratch downloads, and
+    /// for files of one piece (the piece itself says whether it is there: it is hashed on a
+    /// resume), which saves a file per small download.
     record: Option<Record>,
+    /// A later download can resume from this file (false for scratch downloads).
+    resumable: bool,
     pub(super) file: std::fs::File,
     geometry: Geometry,
 }
@@ -120,6 +124,7 @@ impl Partial {
             let partial = Partial {
                 path,
                 record: None,
+                resumable: false,
                 file,
                 geometry,
             };
@@ -141,16 +146,32 @@ impl Partial {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        // What an earlier attempt recorded, if its partial file has the right size.
+        // What an earlier attempt recorded, if its partial file has the right size (a file of one
+        // piece has no record: its piece is claimed, and checked below like any claim).
         let mut claimed = vec![false; pieces];
         if file.metadata()?.len() == size {
-            if let Ok(bytes) = std::fs::read(&record_path) {
+            if pieces == 1 {
+                claimed[0] = size > 0;
+            } else if let Ok(bytes) = std::fs::read(&record_path) {
                 for (flag, byte) in claimed.iter_mut().zip(bytes) {
                     *flag = byte == 1;
                 }
             }
         } else {
             file.set_len(size)?;
+        }
+        if pieces <= 1 {
+            let partial = Partial {
+                path,
+                record: None,
+                resumable: true,
+                file,
+                geometry,
+            };
+            if let Err(e) = partial.reserve() {
+                return Err(partial.open_error(e, &claimed));
+            }
+            return Ok(partial.verify_claims(manifest, &claimed, cancel));
         }
         let record_file = std::fs::OpenOptions::new()
             .read(true)
@@ -182,6 +203,7 @@ impl Partial {
                 path: record_path,
                 file: record_file,
             }),
+            resumable: true,
             file,
             geometry,
         };
@@ -192,25 +214,34 @@ impl Partial {
             // Give back what this attempt took; keep what an earlier one verified.
             return Err(partial.open_error(e, &claimed));
         }
-        // Trust nothing: a claimed piece counts only if it still hashes right.
-        let mut done = vec![false; pieces];
-        let mut buf = vec![0u8; geometry.piece_size() as usize];
+        Ok(partial.verify_claims(manifest, &claimed, cancel))
+    }
+
+    /// Trust nothing: a claimed piece counts only if it still hashes right. `None` if `cancel`
+    /// fired meanwhile.
+    fn verify_claims(
+        self,
+        manifest: &Manifest,
+        claimed: &[bool],
+        cancel: &CancellationToken,
+    ) -> Option<(Self, Vec<bool>)> {
+        let geometry = self.geometry;
+        let mut done = vec![false; claimed.len()];
+        let mut buf = Vec::new();
         for (piece, _) in claimed.iter().enumerate().filter(|(_, &c)| c) {
             if cancel.is_cancelled() {
-                return Ok(None);
+                return None;
             }
             let range = geometry.piece_bytes(piece as u64);
             let len = (range.end - range.start) as usize;
-            if partial
-                .file
-                .read_exact_at(&mut buf[..len], range.start)
-                .is_ok()
-                && manifest.verify_piece(piece as u64, &buf[..len])
+            buf.resize(len, 0);
+            if self.file.read_exact_at(&mut buf, range.start).is_ok()
+                && manifest.verify_piece(piece as u64, &buf)
             {
                 done[piece] = true;
             }
         }
-        Ok(Some((partial, done)))
+        Some((self, done))
     }
 
     /// The error for a failed open: a full disk says what is kept (after giving back the space
@@ -250,7 +281,7 @@ impl Partial {
 
     /// True if a later download can resume from this partial file.
     pub(super) fn is_resumable(&self) -> bool {
-        self.record.is_some()
+        self.resumable
     }
 
     /// Saves the record of verified pieces, in place: the record has had its full size since the
@@ -276,7 +307,7 @@ impl Partial {
     /// removes everything if there is nothing to keep (or this is a scratch download, which is
     /// never resumed). Returns what is on disk now.
     pub(super) fn keep_verified(&self, done: &[bool]) -> Kept {
-        if self.record.is_none() {
+        if !self.resumable {
             self.remove();
             return Kept::Scratch;
         }
@@ -385,6 +416,52 @@ mod tests {
         assert_eq!(std::fs::metadata(&record).unwrap().ino(), inode);
         assert_eq!(std::fs::read(&record).unwrap()[3], 1);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_file_of_one_piece_has_no_record_and_resumes_from_its_piece() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = data(4096);
+        let manifest = Manifest::of_bytes(&bytes);
+        let cancel = CancellationToken::new();
+        let (partial, done) = Partial::open(dir.path(), &manifest, true, &cancel)
+            .unwrap()
+            .unwrap();
+        assert_eq!(done, vec![false]);
+        assert!(partial.is_resumable());
+        // Only the partial file: no record beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Nothing verified: nothing kept.
+        assert_eq!(partial.keep_verified(&[false]), Kept::Nothing);
+        assert!(!partial.path.exists());
+
+        // Written and verified, then stopped (say the disk filled while moving it into place):
+        // kept, and the next attempt finds the piece by hashing it.
+        let (partial, _) = Partial::open(dir.path(), &manifest, true, &cancel)
+            .unwrap()
+            .unwrap();
+        partial.file.write_all_at(&bytes, 0).unwrap();
+        assert!(matches!(
+            partial.keep_verified(&[true]),
+            Kept::Pieces {
+                pieces: 1,
+                total: 1,
+                ..
+            }
+        ));
+        drop(partial);
+        let (_, done) = Partial::open(dir.path(), &manifest, true, &cancel)
+            .unwrap()
+            .unwrap();
+        assert_eq!(done, vec![true]);
+
+        // A partial file whose piece does not hash right counts for nothing.
+        let path = dir.path().join(format!("{}.part", manifest.content_id()));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let (_, done) = Partial::open(dir.path(), &manifest, true, &cancel)
+            .unwrap()
+            .unwrap();
+        assert_eq!(done, vec![false]);
     }
 
     #[test]
