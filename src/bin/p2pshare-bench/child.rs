@@ -158,7 +158,7 @@ pub(crate) struct StartupReport {
     pub(crate) peak_rss: Option<u64>,
 }
 
-/// One `WhoHas` load measurement.
+/// One load measurement (`WhoHas` or its empty-RPC twin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LoadReport {
     /// Requests in flight per connection.
@@ -184,6 +184,9 @@ pub(crate) struct TrackerLoadReport {
     pub(crate) register_errors: u64,
     /// One per `in_flight` value.
     pub(crate) loads: Vec<LoadReport>,
+    /// The same loads of an empty RPC (the health `Check` of the tracker's own server), each
+    /// measured just before its `WhoHas` twin.
+    pub(crate) baselines: Vec<LoadReport>,
     /// Peak RSS of the load generator.
     pub(crate) peak_rss: Option<u64>,
 }

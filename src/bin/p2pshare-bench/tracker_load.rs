@@ -1,6 +1,11 @@
 //! The tracker scenario's load generator (run in a child process): registers many synthetic
 //! peers, then asks `WhoHas` for random names from several connections with several calls in
 //! flight on each, and reports request rates and latency percentiles.
+//!
+//! Each `WhoHas` measurement has a twin just before it: the same load of the standard health
+//! `Check`, which the tracker's own server answers (same connections, same server stack and
+//! middleware) without doing any work of its own. That is the empty unary RPC the `WhoHas` rate
+//! is a ratio to, so the figure says what the tracker costs whatever the machine.
 
 use crate::child::{LoadReport, TrackerLoadReport};
 use crate::memory::{peak_rss, reset_peak_rss};
@@ -10,6 +15,18 @@ use p2pshare::pb::tracker as tpb;
 use p2pshare::pb::tracker::tracker_client::TrackerClient;
 use rand::RngCore;
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// The RPC a load measurement sends.
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    /// `WhoHas` of a random one of this many synthetic names.
+    WhoHas { names: u32 },
+    /// The health `Check` of the whole server: the empty RPC.
+    HealthCheck,
+}
 
 /// The synthetic catalog: peer `p` holds `files` names, `f{(p + k * peers / files) % peers}`,
 /// so each of the `peers` names has `files` holders.
@@ -51,6 +68,7 @@ pub(crate) async fn tracker_load(
         register_seconds: 0.0,
         register_errors: 0,
         loads: vec![],
+        baselines: vec![],
         peak_rss: None,
     };
     if register {
@@ -88,41 +106,31 @@ pub(crate) async fn tracker_load(
         report.register_seconds = started.elapsed().as_secs_f64();
     }
     for &depth in in_flight {
+        // The twin first, so both see the registry as it is after registration.
+        report
+            .baselines
+            .push(load(&channels, Rpc::HealthCheck, depth, seconds).await);
         report
             .loads
-            .push(who_has_load(&channels, peers, depth, seconds).await);
+            .push(load(&channels, Rpc::WhoHas { names: peers }, depth, seconds).await);
     }
     report.peak_rss = peak_rss();
     Ok(report)
 }
 
-/// `WhoHas` of random synthetic names from every connection, `depth` calls in flight on each,
-/// for `seconds`.
-async fn who_has_load(
-    channels: &[tonic::transport::Channel],
-    names: u32,
-    depth: u32,
-    seconds: u32,
-) -> LoadReport {
+/// `rpc` from every connection, `depth` calls in flight on each, for `seconds`.
+async fn load(channels: &[Channel], rpc: Rpc, depth: u32, seconds: u32) -> LoadReport {
     // Warm up: every connection established and used once before the clock starts.
     for channel in channels {
-        let mut client = TrackerClient::new(channel.clone());
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.who_has(tpb::WhoHasRequest {
-                name: synthetic_name(0),
-                content_id_prefix: String::new(),
-                ..Default::default()
-            }),
-        )
-        .await;
+        let mut caller = Caller::new(channel, rpc);
+        let _ = tokio::time::timeout(Duration::from_secs(5), caller.call(0)).await;
     }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds.into());
     let mut tasks = tokio::task::JoinSet::new();
     for channel in channels {
         for _ in 0..depth.max(1) {
-            let mut client = TrackerClient::new(channel.clone());
+            let mut caller = Caller::new(channel, rpc);
             let mut seed = rand::rng().next_u64() | 1;
             tasks.spawn(async move {
                 let mut latencies = Vec::new();
@@ -132,16 +140,11 @@ async fn who_has_load(
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
-                    let request = tpb::WhoHasRequest {
-                        name: synthetic_name((seed % names.max(1) as u64) as u32),
-                        content_id_prefix: String::new(),
-                        ..Default::default()
-                    };
                     let t = Instant::now();
                     let answer =
-                        tokio::time::timeout(Duration::from_secs(5), client.who_has(request)).await;
+                        tokio::time::timeout(Duration::from_secs(5), caller.call(seed)).await;
                     match answer {
-                        Ok(Ok(_)) => latencies.push(t.elapsed().as_secs_f64()),
+                        Ok(Ok(())) => latencies.push(t.elapsed().as_secs_f64()),
                         _ => errors += 1,
                     }
                 }
@@ -169,6 +172,48 @@ async fn who_has_load(
         seconds,
         p50: percentile(&latencies, 0.50).unwrap_or(f64::NAN),
         p99: percentile(&latencies, 0.99).unwrap_or(f64::NAN),
+    }
+}
+
+/// One lane's client: the same channel and loop for every [`Rpc`], only the call differs.
+enum Caller {
+    WhoHas {
+        client: TrackerClient<Channel>,
+        names: u32,
+    },
+    HealthCheck(HealthClient<Channel>),
+}
+
+impl Caller {
+    fn new(channel: &Channel, rpc: Rpc) -> Self {
+        match rpc {
+            Rpc::WhoHas { names } => Caller::WhoHas {
+                client: TrackerClient::new(channel.clone()),
+                names,
+            },
+            Rpc::HealthCheck => Caller::HealthCheck(HealthClient::new(channel.clone())),
+        }
+    }
+
+    /// One call; `random` picks the name asked for.
+    async fn call(&mut self, random: u64) -> Result<(), tonic::Status> {
+        match self {
+            Caller::WhoHas { client, names } => {
+                let request = tpb::WhoHasRequest {
+                    name: synthetic_name((random % u64::from((*names).max(1))) as u32),
+                    content_id_prefix: String::new(),
+                    ..Default::default()
+                };
+                client.who_has(request).await.map(drop)
+            }
+            Caller::HealthCheck(client) => {
+                // The whole server's status (""), which every server of this crate reports.
+                let request = HealthCheckRequest {
+                    service: String::new(),
+                };
+                client.check(request).await.map(drop)
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use super::Runner;
 use crate::child::{ChildReport, LoadReport, Plan};
 use crate::error::BenchError;
 use crate::memory::{peak_rss, reset_peak_rss};
-use crate::report::{median, Row};
+use crate::report::{median, ratio, Row};
 use crate::swarm::{start_tracker, stop_tracker};
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ impl Runner<'_> {
                 seconds: o.tracker_seconds,
             };
             let limit = Duration::from_secs(
-                120 + o.tracker_seconds as u64 * o.tracker_in_flight.len() as u64 * 2
+                120 + o.tracker_seconds as u64 * o.tracker_in_flight.len() as u64 * 4
                     + o.tracker_peers as u64 / 100,
             );
             match self.swarm.run_child(&plan, limit) {
@@ -67,38 +67,94 @@ impl Runner<'_> {
             });
         }
         for &depth in &o.tracker_in_flight {
-            let loads: Vec<&LoadReport> = reports
+            let of_depth =
+                |loads: &[LoadReport]| loads.iter().find(|l| l.in_flight == depth).cloned();
+            // (empty RPC, WhoHas) of each run: a pair measured back to back.
+            let pairs: Vec<(LoadReport, LoadReport)> = reports
                 .iter()
-                .flat_map(|r| r.loads.iter().filter(|l| l.in_flight == depth))
+                .filter_map(|r| Some((of_depth(&r.baselines)?, of_depth(&r.loads)?)))
                 .collect();
-            let rps = median(
-                loads
-                    .iter()
-                    .map(|l| l.requests as f64 / l.seconds.max(1e-9)),
-            );
-            let p50 = median(loads.iter().map(|l| l.p50));
-            let p99 = median(loads.iter().map(|l| l.p99));
-            let errors: u64 = loads.iter().map(|l| l.errors).sum();
+            let empty: Vec<&LoadReport> = pairs.iter().map(|(e, _)| e).collect();
+            let who_has: Vec<&LoadReport> = pairs.iter().map(|(_, w)| w).collect();
+            let ratios: Vec<f64> = pairs
+                .iter()
+                .filter_map(|(e, w)| ratio(rate(w), rate(e)))
+                .collect();
+            let connections = o.tracker_connections;
+            let peak = reports.iter().filter_map(|r| r.peak_rss).max();
+            self.push(load_row(
+                format!("tracker: empty RPC (health Check), {connections} connections x {depth} in flight"),
+                &empty,
+                peak,
+                "the tracker's own server answering grpc.health.v1.Health/Check: same connections, server stack and middleware, no work",
+            ));
+            let summary = Summary::of(&who_has);
+            let ratio = median(ratios.iter().copied());
+            let pass = ratio.unwrap_or(0.0) >= 0.8
+                && summary.p99.unwrap_or(1.0) < 0.005
+                && summary.errors == 0;
+            let runs = ratios
+                .iter()
+                .map(|r| format!("{r:.2}x"))
+                .collect::<Vec<_>>()
+                .join(" / ");
             self.push(Row {
-                scenario: format!(
-                    "tracker: WhoHas, {} connections x {depth} in flight",
-                    o.tracker_connections
-                ),
-                seconds: median(loads.iter().map(|l| l.seconds)),
-                peak_rss: reports.iter().filter_map(|r| r.peak_rss).max(),
-                target: ">= 20000 req/s, p99 < 5 ms".into(),
-                pass: Some(
-                    rps.unwrap_or(0.0) >= 20_000.0 && p99.unwrap_or(1.0) < 0.005 && errors == 0,
-                ),
-                notes: format!(
-                    "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {errors} errors; peak RSS is the load generator",
-                    rps.unwrap_or(f64::NAN),
-                    p50.unwrap_or(f64::NAN) * 1e3,
-                    p99.unwrap_or(f64::NAN) * 1e3
-                ),
-                ..Row::default()
+                ratio,
+                ratio_to: "empty RPC".into(),
+                target: ">= 0.80x empty RPC, p99 < 5 ms".into(),
+                pass: Some(pass),
+                ..load_row(
+                    format!("tracker: WhoHas, {connections} connections x {depth} in flight"),
+                    &who_has,
+                    peak,
+                    &format!("ratio per run (to the empty RPC measured just before): {runs}"),
+                )
             });
         }
         Ok(())
+    }
+}
+
+/// Requests per second of one measurement.
+fn rate(load: &LoadReport) -> f64 {
+    load.requests as f64 / load.seconds.max(1e-9)
+}
+
+/// The medians of some load measurements.
+struct Summary {
+    seconds: Option<f64>,
+    rate: Option<f64>,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    errors: u64,
+}
+
+impl Summary {
+    fn of(loads: &[&LoadReport]) -> Self {
+        Summary {
+            seconds: median(loads.iter().map(|l| l.seconds)),
+            rate: median(loads.iter().map(|l| rate(l))),
+            p50: median(loads.iter().map(|l| l.p50)),
+            p99: median(loads.iter().map(|l| l.p99)),
+            errors: loads.iter().map(|l| l.errors).sum(),
+        }
+    }
+}
+
+/// A row of load measurements (medians over the runs), with `extra` after the figures.
+fn load_row(scenario: String, loads: &[&LoadReport], peak_rss: Option<u64>, extra: &str) -> Row {
+    let s = Summary::of(loads);
+    Row {
+        scenario,
+        seconds: s.seconds,
+        peak_rss,
+        notes: format!(
+            "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors; {extra}; peak RSS is the load generator",
+            s.rate.unwrap_or(f64::NAN),
+            s.p50.unwrap_or(f64::NAN) * 1e3,
+            s.p99.unwrap_or(f64::NAN) * 1e3,
+            s.errors
+        ),
+        ..Row::default()
     }
 }
