@@ -185,7 +185,7 @@ pub(crate) struct TrackerLoadReport {
     /// One per `in_flight` value.
     pub(crate) loads: Vec<LoadReport>,
     /// The same loads of an empty RPC (the health `Check` of the tracker's own server), each
-    /// measured just before its `WhoHas` twin.
+    /// measured in alternating slices with its `WhoHas` twin.
     pub(crate) baselines: Vec<LoadReport>,
     /// Peak RSS of the load generator.
     pub(crate) peak_rss: Option<u64>,

@@ -2,10 +2,11 @@
 //! peers, then asks `WhoHas` for random names from several connections with several calls in
 //! flight on each, and reports request rates and latency percentiles.
 //!
-//! Each `WhoHas` measurement has a twin just before it: the same load of the standard health
-//! `Check`, which the tracker's own server answers (same connections, same server stack and
-//! middleware) without doing any work of its own. That is the empty unary RPC the `WhoHas` rate
-//! is a ratio to, so the figure says what the tracker costs whatever the machine.
+//! Each `WhoHas` measurement has a twin, run in alternating slices with it: the same load of the
+//! standard health `Check`, which the tracker's own server answers (same connections, same
+//! server stack and middleware) without doing any work of its own. That is the empty unary RPC
+//! the `WhoHas` rate is a ratio to, so the figure says what the tracker costs whatever the
+//! machine.
 
 use crate::child::{LoadReport, TrackerLoadReport};
 use crate::memory::{peak_rss, reset_peak_rss};
@@ -106,27 +107,84 @@ pub(crate) async fn tracker_load(
         report.register_seconds = started.elapsed().as_secs_f64();
     }
     for &depth in in_flight {
-        // The twin first, so both see the registry as it is after registration.
-        report
-            .baselines
-            .push(load(&channels, Rpc::HealthCheck, depth, seconds).await);
-        report
-            .loads
-            .push(load(&channels, Rpc::WhoHas { names: peers }, depth, seconds).await);
+        let (empty, who_has) = load_pair(&channels, peers, depth, seconds).await;
+        report.baselines.push(empty);
+        report.loads.push(who_has);
     }
     report.peak_rss = peak_rss();
     Ok(report)
 }
 
-/// `rpc` from every connection, `depth` calls in flight on each, for `seconds`.
-async fn load(channels: &[Channel], rpc: Rpc, depth: u32, seconds: u32) -> LoadReport {
-    // Warm up: every connection established and used once before the clock starts.
+/// Slices each measurement of a pair is cut into.
+const SLICES: u32 = 10;
+
+/// The empty RPC and `WhoHas` (of `names` names), `seconds` of each, in alternating slices
+/// (ABBA order): whatever else the machine runs meanwhile weighs on both alike, so their ratio
+/// holds on a busy machine where two back-to-back runs can differ by 2x.
+async fn load_pair(
+    channels: &[Channel],
+    names: u32,
+    depth: u32,
+    seconds: u32,
+) -> (LoadReport, LoadReport) {
+    let rpcs = [Rpc::HealthCheck, Rpc::WhoHas { names }];
+    // Warm up: every connection established and used once by each RPC before the clock starts.
     for channel in channels {
-        let mut caller = Caller::new(channel, rpc);
-        let _ = tokio::time::timeout(Duration::from_secs(5), caller.call(0)).await;
+        for rpc in rpcs {
+            let mut caller = Caller::new(channel, rpc);
+            let _ = tokio::time::timeout(Duration::from_secs(5), caller.call(0)).await;
+        }
     }
+    let slice = Duration::from_secs(seconds.into()) / SLICES;
+    let mut tallies = [Tally::default(), Tally::default()];
+    for round in 0..SLICES as usize {
+        for k in 0..2 {
+            let which = if round % 2 == 0 { k } else { 1 - k };
+            tallies[which].add(load(channels, rpcs[which], depth, slice).await);
+        }
+    }
+    let [empty, who_has] = tallies;
+    (empty.report(depth), who_has.report(depth))
+}
+
+/// The sum of the slices of one measurement.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<f64>,
+    errors: u64,
+    seconds: f64,
+}
+
+impl Tally {
+    fn add(&mut self, (latencies, errors, seconds): (Vec<f64>, u64, f64)) {
+        self.latencies.extend(latencies);
+        self.errors += errors;
+        self.seconds += seconds;
+    }
+
+    fn report(mut self, depth: u32) -> LoadReport {
+        self.latencies.sort_by(f64::total_cmp);
+        LoadReport {
+            in_flight: depth,
+            requests: self.latencies.len() as u64,
+            errors: self.errors,
+            seconds: self.seconds,
+            p50: percentile(&self.latencies, 0.50).unwrap_or(f64::NAN),
+            p99: percentile(&self.latencies, 0.99).unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// `rpc` from every connection, `depth` calls in flight on each, for `length`: the latencies
+/// of the calls answered, the calls that failed, and the seconds it took.
+async fn load(
+    channels: &[Channel],
+    rpc: Rpc,
+    depth: u32,
+    length: Duration,
+) -> (Vec<f64>, u64, f64) {
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds.into());
+    let deadline = started + length;
     let mut tasks = tokio::task::JoinSet::new();
     for channel in channels {
         for _ in 0..depth.max(1) {
@@ -163,16 +221,7 @@ async fn load(channels: &[Channel], rpc: Rpc, depth: u32, seconds: u32) -> LoadR
             Err(_) => errors += 1,
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    LoadReport {
-        in_flight: depth,
-        requests: latencies.len() as u64,
-        errors,
-        seconds,
-        p50: percentile(&latencies, 0.50).unwrap_or(f64::NAN),
-        p99: percentile(&latencies, 0.99).unwrap_or(f64::NAN),
-    }
+    (latencies, errors, started.elapsed().as_secs_f64())
 }
 
 /// One lane's client: the same channel and loop for every [`Rpc`], only the call differs.

@@ -69,7 +69,7 @@ impl Runner<'_> {
         for &depth in &o.tracker_in_flight {
             let of_depth =
                 |loads: &[LoadReport]| loads.iter().find(|l| l.in_flight == depth).cloned();
-            // (empty RPC, WhoHas) of each run: a pair measured back to back.
+            // (empty RPC, WhoHas) of each run: a pair measured in alternating slices.
             let pairs: Vec<(LoadReport, LoadReport)> = reports
                 .iter()
                 .filter_map(|r| Some((of_depth(&r.baselines)?, of_depth(&r.loads)?)))
@@ -107,7 +107,7 @@ impl Runner<'_> {
                     format!("tracker: WhoHas, {connections} connections x {depth} in flight"),
                     &who_has,
                     peak,
-                    &format!("ratio per run (to the empty RPC measured just before): {runs}"),
+                    &format!("ratio per run (to the empty RPC, measured in alternating slices): {runs}"),
                 )
             });
         }
