@@ -41,8 +41,8 @@ struct FileRecord {
 #[derive(Debug)]
 struct PeerRecord {
     id: Arc<str>,
-    /// Where others are told to reach it.
-    address: Box<str>,
+    /// What a `WhoHas` answer reads of it: liveness and the text of its `Holder`.
+    face: Face,
     /// The IP its registration came from (not claimed: seen), if known.
     observed_ip: Option<IpAddr>,
     token: String,
@@ -51,7 +51,41 @@ struct PeerRecord {
     /// The sum of the sizes in `files` (sizes are claims: a `u128` cannot overflow with at most
     /// `usize::MAX` of them, and answers saturate to `u64`).
     total_bytes: u128,
+}
+
+/// The part of a peer's record a `WhoHas` answer reads, kept together: an answer visits peers
+/// at random among thousands, and each field on a cache line (or allocation) of its own costs a
+/// miss per holder. Measured on the benchmark's 10,000 peers, reading the id and the address
+/// from two allocations was the largest cost of building an answer.
+#[derive(Debug)]
+struct Face {
+    /// When it was last heard from.
     last_seen: Instant,
+    /// Its id followed by its address, in one allocation (the id is also the `ids` key).
+    text: Box<str>,
+    /// Where the address starts in `text` (peer ids are at most 64 bytes).
+    id_len: u8,
+}
+
+impl Face {
+    fn new(id: &str, address: &str, now: Instant) -> Self {
+        debug_assert!(id.len() <= crate::names::MAX_PEER_ID_BYTES);
+        Face {
+            last_seen: now,
+            text: [id, address].concat().into_boxed_str(),
+            id_len: u8::try_from(id.len()).unwrap_or(u8::MAX),
+        }
+    }
+
+    /// The peer id.
+    fn id(&self) -> &str {
+        &self.text[..usize::from(self.id_len)]
+    }
+
+    /// Where others are told to reach it.
+    fn address(&self) -> &str {
+        &self.text[usize::from(self.id_len)..]
+    }
 }
 
 /// How much of the registry the peers from one observed IP address hold.
@@ -167,7 +201,7 @@ impl Registry {
     }
 
     fn alive(&self, peer: &PeerRecord, now: Instant) -> bool {
-        now.duration_since(peer.last_seen) < self.expiry()
+        now.duration_since(peer.face.last_seen) < self.expiry()
     }
 
     /// Registers (or re-registers) a peer with its full catalog (or the first batch of it).
@@ -191,7 +225,7 @@ impl Registry {
         let old = self.ids.get(peer_id).and_then(|&key| self.peer(key));
         let token = match old {
             Some(old) if self.alive(old, now) => {
-                let restarted = *old.address == *address
+                let restarted = old.face.address() == address
                     && observed_ip.is_some()
                     && old.observed_ip == observed_ip;
                 if same_token(&old.token, presented_token) {
@@ -201,7 +235,7 @@ impl Registry {
                 } else {
                     return Err(TrackerError::PeerIdTaken {
                         peer_id: peer_id.to_string(),
-                        address: old.address.to_string(),
+                        address: old.face.address().to_string(),
                     });
                 }
             }
@@ -211,12 +245,11 @@ impl Registry {
         self.remove_peer(peer_id);
         let record = PeerRecord {
             id: Arc::from(peer_id),
-            address: address.clone().into_boxed_str(),
+            face: Face::new(peer_id, &address, now),
             observed_ip,
             token: token.clone(),
             files: HashMap::with_capacity(files.len()),
             total_bytes: 0,
-            last_seen: now,
         };
         let key = self.insert_peer(record);
         for file in files {
@@ -301,7 +334,7 @@ impl Registry {
             .ok_or_else(|| TrackerError::UnknownPeer(peer_id.into()))?;
         Ok(Registered {
             token: peer.token.clone(),
-            address: peer.address.to_string(),
+            address: peer.face.address().to_string(),
         })
     }
 
@@ -316,11 +349,11 @@ impl Registry {
         let expiry = self.expiry();
         let key = self.ids.get(peer_id).copied();
         match key.and_then(|key| Some((key, self.peer_mut(key)?))) {
-            Some((key, peer)) if now.duration_since(peer.last_seen) < expiry => {
+            Some((key, peer)) if now.duration_since(peer.face.last_seen) < expiry => {
                 if !same_token(&peer.token, token) {
                     return Err(TrackerError::WrongToken(peer_id.to_string()));
                 }
-                peer.last_seen = now;
+                peer.face.last_seen = now;
                 Ok(key)
             }
             _ => Err(TrackerError::UnknownPeer(peer_id.to_string())),

@@ -3,7 +3,7 @@
 //! returns plus a bounded amount of skipping ([`MAX_PAGE_WORK`]).
 
 use super::index::VersionKey;
-use super::{Registry, DEFAULT_MAX_HOLDERS};
+use super::{PeerRecord, Registry, DEFAULT_MAX_HOLDERS};
 use crate::names::validate_file_name;
 use crate::pb::tracker as pb;
 use crate::tracker::limits::MAX_PAGE_WORK;
@@ -48,36 +48,46 @@ impl Registry {
             if !cid.starts_with(prefix) {
                 continue;
             }
-            let (mut partial, mut complete): (Vec<pb::Holder>, Vec<pb::Holder>) = holders
+            // The live holders as (record, partial): cheap to sample, and only the chosen few
+            // become strings.
+            let mut live: Vec<(&PeerRecord, bool)> = holders
                 .as_slice()
                 .iter()
                 .filter_map(|h| {
                     let peer = self.peer(h.peer)?;
-                    self.alive(peer, now).then(|| pb::Holder {
-                        peer_id: peer.id.to_string(),
-                        address: peer.address.to_string(),
-                        partial: h.partial,
-                    })
+                    self.alive(peer, now).then_some((peer, h.partial))
                 })
-                .partition(|h| h.partial);
-            let (complete_count, total) = (complete.len(), complete.len() + partial.len());
+                .collect();
+            let total = live.len();
             if total == 0 {
                 continue;
             }
+            // Complete holders first (a stable order: the sample below is what is random).
+            live.sort_by_key(|&(_, partial)| partial);
+            let complete_count = live.partition_point(|&(_, partial)| !partial);
             if total > limit {
-                complete.shuffle(&mut rng);
-                complete.truncate(limit);
-                partial.shuffle(&mut rng);
-                partial.truncate(limit - complete.len());
+                let (complete, partial) = live.split_at_mut(complete_count);
+                let from_complete = limit.min(complete.len());
+                let mut chosen = Vec::with_capacity(limit);
+                chosen.extend_from_slice(complete.partial_shuffle(&mut rng, from_complete).0);
+                chosen
+                    .extend_from_slice(partial.partial_shuffle(&mut rng, limit - from_complete).0);
+                live = chosen;
             }
-            let mut holders = complete;
-            holders.append(&mut partial);
-            holders.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+            live.sort_unstable_by(|(a, _), (b, _)| a.face.id().cmp(b.face.id()));
+            let holders = live
+                .iter()
+                .map(|&(peer, partial)| pb::Holder {
+                    peer_id: String::from(peer.face.id()),
+                    address: String::from(peer.face.address()),
+                    partial,
+                })
+                .collect();
             versions.push((
                 complete_count,
                 total,
                 pb::FileVersion {
-                    name: name.to_string(),
+                    name: String::from(name),
                     size: key.size,
                     content_id: cid,
                     holders,
@@ -123,7 +133,7 @@ impl Registry {
             };
             page.push(pb::PeerSummary {
                 peer_id: id.to_string(),
-                address: peer.address.to_string(),
+                address: peer.face.address().to_string(),
                 file_count: u32::try_from(peer.files.len()).unwrap_or(u32::MAX),
                 total_bytes: u64::try_from(peer.total_bytes).unwrap_or(u64::MAX),
             });
