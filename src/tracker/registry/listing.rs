@@ -3,7 +3,7 @@
 //! returns plus a bounded amount of skipping ([`MAX_PAGE_WORK`]).
 
 use super::index::VersionKey;
-use super::{PeerRecord, Registry, DEFAULT_MAX_HOLDERS};
+use super::{Face, Registry, DEFAULT_MAX_HOLDERS};
 use crate::names::validate_file_name;
 use crate::pb::tracker as pb;
 use crate::tracker::limits::MAX_PAGE_WORK;
@@ -50,12 +50,12 @@ impl Registry {
             }
             // The live holders as (record, partial): cheap to sample, and only the chosen few
             // become strings.
-            let mut live: Vec<(&PeerRecord, bool)> = holders
+            let mut live: Vec<(&Face, bool)> = holders
                 .as_slice()
                 .iter()
                 .filter_map(|h| {
-                    let peer = self.peer(h.peer)?;
-                    self.alive(peer, now).then_some((peer, h.partial))
+                    let face = self.face(h.peer)?;
+                    self.alive(face, now).then_some((face, h.partial))
                 })
                 .collect();
             let total = live.len();
@@ -74,12 +74,12 @@ impl Registry {
                     .extend_from_slice(partial.partial_shuffle(&mut rng, limit - from_complete).0);
                 live = chosen;
             }
-            live.sort_unstable_by(|(a, _), (b, _)| a.face.id().cmp(b.face.id()));
+            live.sort_unstable_by(|(a, _), (b, _)| a.id().cmp(b.id()));
             let holders = live
                 .iter()
-                .map(|&(peer, partial)| pb::Holder {
-                    peer_id: String::from(peer.face.id()),
-                    address: String::from(peer.face.address()),
+                .map(|&(face, partial)| pb::Holder {
+                    peer_id: String::from(face.id()),
+                    address: String::from(face.address()),
                     partial,
                 })
                 .collect();
@@ -128,14 +128,14 @@ impl Registry {
             }
             work += 1;
             last = Some(&**id);
-            let Some(peer) = self.peer(key).filter(|p| self.alive(p, now)) else {
+            let Some(peer) = self.slot(key).filter(|s| self.alive(&s.face, now)) else {
                 continue;
             };
             page.push(pb::PeerSummary {
                 peer_id: id.to_string(),
                 address: peer.face.address().to_string(),
-                file_count: u32::try_from(peer.files.len()).unwrap_or(u32::MAX),
-                total_bytes: u64::try_from(peer.total_bytes).unwrap_or(u64::MAX),
+                file_count: u32::try_from(peer.record.files.len()).unwrap_or(u32::MAX),
+                total_bytes: u64::try_from(peer.record.total_bytes).unwrap_or(u64::MAX),
             });
         }
         (page, None)
@@ -166,7 +166,7 @@ impl Registry {
             let (mut live, mut partial) = (0u32, 0u32);
             for holder in holders.as_slice() {
                 work += 1;
-                if self.peer(holder.peer).is_some_and(|p| self.alive(p, now)) {
+                if self.face(holder.peer).is_some_and(|f| self.alive(f, now)) {
                     live += 1;
                     partial += u32::from(holder.partial);
                 }

@@ -107,7 +107,9 @@ impl Runner<'_> {
                     format!("tracker: WhoHas, {connections} connections x {depth} in flight"),
                     &who_has,
                     peak,
-                    &format!("ratio per run (to the empty RPC, measured in alternating slices): {runs}"),
+                    &format!(
+                        "ratio per run (to the empty RPC, measured in alternating slices): {runs}"
+                    ),
                 )
             });
         }
