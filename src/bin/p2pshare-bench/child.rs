@@ -82,6 +82,8 @@ pub(crate) enum Plan {
         in_flight: Vec<u32>,
         /// Seconds per measurement.
         seconds: u32,
+        /// The process serving the tracker, whose CPU time each measurement reports.
+        tracker_pid: u32,
     },
 }
 
@@ -173,6 +175,10 @@ pub(crate) struct LoadReport {
     pub(crate) p50: f64,
     /// 99th percentile latency, seconds.
     pub(crate) p99: f64,
+    /// CPU seconds (user + system) the tracker's process spent meanwhile.
+    pub(crate) tracker_cpu: f64,
+    /// CPU seconds the load generator spent meanwhile.
+    pub(crate) client_cpu: f64,
 }
 
 /// What `TrackerLoad` measured.

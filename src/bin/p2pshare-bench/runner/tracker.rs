@@ -32,6 +32,7 @@ impl Runner<'_> {
                 connections: o.tracker_connections,
                 in_flight: o.tracker_in_flight.clone(),
                 seconds: o.tracker_seconds,
+                tracker_pid: std::process::id(),
             };
             let limit = Duration::from_secs(
                 120 + o.tracker_seconds as u64 * o.tracker_in_flight.len() as u64 * 4
@@ -89,6 +90,13 @@ impl Runner<'_> {
                 "the tracker's own server answering grpc.health.v1.Health/Check: same connections, server stack and middleware, no work",
             ));
             let summary = Summary::of(&who_has);
+            let base = Summary::of(&empty);
+            let cpu_ratio = |who: Option<f64>, empty: Option<f64>| {
+                who.zip(empty)
+                    .and_then(|(w, e)| ratio(w, e))
+                    .unwrap_or(f64::NAN)
+            };
+            let total = |s: &Summary| s.tracker_us.zip(s.client_us).map(|(t, c)| t + c);
             let ratio = median(ratios.iter().copied());
             let pass = ratio.unwrap_or(0.0) >= 0.8
                 && summary.p99.unwrap_or(1.0) < 0.005
@@ -108,13 +116,20 @@ impl Runner<'_> {
                     &who_has,
                     peak,
                     &format!(
-                        "ratio per run (to the empty RPC, measured in alternating slices): {runs}"
+                        "ratio per run (to the empty RPC, measured in alternating slices): {runs}; CPU per call {:.2}x the empty RPC's in the tracker, {:.2}x in all",
+                        cpu_ratio(summary.tracker_us, base.tracker_us),
+                        cpu_ratio(total(&summary), total(&base)),
                     ),
                 )
             });
         }
         Ok(())
     }
+}
+
+/// `cpu` seconds per call answered in `load`, in microseconds.
+fn per_call_us(cpu: f64, load: &LoadReport) -> f64 {
+    cpu * 1e6 / load.requests.max(1) as f64
 }
 
 /// Requests per second of one measurement.
@@ -129,6 +144,9 @@ struct Summary {
     p50: Option<f64>,
     p99: Option<f64>,
     errors: u64,
+    /// CPU microseconds per call answered, of the tracker's process and of the load generator.
+    tracker_us: Option<f64>,
+    client_us: Option<f64>,
 }
 
 impl Summary {
@@ -139,6 +157,8 @@ impl Summary {
             p50: median(loads.iter().map(|l| l.p50)),
             p99: median(loads.iter().map(|l| l.p99)),
             errors: loads.iter().map(|l| l.errors).sum(),
+            tracker_us: median(loads.iter().map(|l| per_call_us(l.tracker_cpu, l))),
+            client_us: median(loads.iter().map(|l| per_call_us(l.client_cpu, l))),
         }
     }
 }
@@ -151,11 +171,13 @@ fn load_row(scenario: String, loads: &[&LoadReport], peak_rss: Option<u64>, extr
         seconds: s.seconds,
         peak_rss,
         notes: format!(
-            "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors; {extra}; peak RSS is the load generator",
+            "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors; CPU per call: tracker {:.1} us, load generator {:.1} us; {extra}; peak RSS is the load generator",
             s.rate.unwrap_or(f64::NAN),
             s.p50.unwrap_or(f64::NAN) * 1e3,
             s.p99.unwrap_or(f64::NAN) * 1e3,
-            s.errors
+            s.errors,
+            s.tracker_us.unwrap_or(f64::NAN),
+            s.client_us.unwrap_or(f64::NAN),
         ),
         ..Row::default()
     }
