@@ -20,6 +20,14 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+/// The tracker under load.
+pub(crate) struct Target<'a> {
+    /// Its address.
+    pub(crate) address: &'a str,
+    /// The process serving it, whose CPU time each measurement reports.
+    pub(crate) pid: u32,
+}
+
 /// The RPC a load measurement sends.
 #[derive(Debug, Clone, Copy)]
 enum Rpc {
@@ -53,8 +61,10 @@ fn synthetic_name(index: u32) -> String {
 /// Registers the synthetic peers (if `register`), then measures `WhoHas` once per `in_flight`
 /// value; run in a child process.
 pub(crate) async fn tracker_load(
-    tracker: &str,
-    tracker_pid: u32,
+    Target {
+        address: tracker,
+        pid: tracker_pid,
+    }: Target<'_>,
     register: bool,
     peers: u32,
     files_per_peer: u32,

@@ -139,8 +139,10 @@ pub(crate) async fn run_plan(plan: Plan) -> Result<ChildReport, String> {
             seconds,
             tracker_pid,
         } => tracker_load::tracker_load(
-            &tracker,
-            tracker_pid,
+            tracker_load::Target {
+                address: &tracker,
+                pid: tracker_pid,
+            },
             register,
             peers,
             files_per_peer,
