@@ -9,12 +9,14 @@
 //! * `page`: the page tokens of `ListPeers` and `ListFiles`, checked like any input.
 //! * `address`: the address others are given for a registering peer.
 //! * `gate`: how many `Register` calls are read at once (their buffers are the big ones).
+//! * `frames`: small answers in HTTP/2 frames small enough for h2 to batch their writes.
 //! * `service`: the tonic `Tracker` implementation, one span per call.
 //! * `error`: what the tracker refuses, and the gRPC code of each refusal.
 //! * Here: the server's configuration and start-up, with the reaper of silent peers.
 
 mod address;
 mod error;
+mod frames;
 mod gate;
 mod limits;
 mod page;
@@ -129,6 +131,7 @@ pub async fn serve_configured(
     };
     let server = TrackerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let server = gate::RegisterGate::new(server, gate::registrations_at_once());
+    let server = frames::SmallFrames::new(server);
     let result = crate::grpc::serve_with_security(
         listener,
         tonic::service::Routes::new(crate::grpc::ClearLimits::new(server)),

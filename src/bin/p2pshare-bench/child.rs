@@ -82,6 +82,8 @@ pub(crate) enum Plan {
         in_flight: Vec<u32>,
         /// Seconds per measurement.
         seconds: u32,
+        /// The process serving the tracker, whose CPU time each measurement reports.
+        tracker_pid: u32,
     },
 }
 
@@ -158,7 +160,7 @@ pub(crate) struct StartupReport {
     pub(crate) peak_rss: Option<u64>,
 }
 
-/// One `WhoHas` load measurement.
+/// One load measurement (`WhoHas` or its empty-RPC twin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LoadReport {
     /// Requests in flight per connection.
@@ -173,6 +175,10 @@ pub(crate) struct LoadReport {
     pub(crate) p50: f64,
     /// 99th percentile latency, seconds.
     pub(crate) p99: f64,
+    /// CPU seconds (user + system) the tracker's process spent meanwhile.
+    pub(crate) tracker_cpu: f64,
+    /// CPU seconds the load generator spent meanwhile.
+    pub(crate) client_cpu: f64,
 }
 
 /// What `TrackerLoad` measured.
@@ -184,6 +190,9 @@ pub(crate) struct TrackerLoadReport {
     pub(crate) register_errors: u64,
     /// One per `in_flight` value.
     pub(crate) loads: Vec<LoadReport>,
+    /// The same loads of an empty RPC (the health `Check` of the tracker's own server), each
+    /// measured in alternating slices with its `WhoHas` twin.
+    pub(crate) baselines: Vec<LoadReport>,
     /// Peak RSS of the load generator.
     pub(crate) peak_rss: Option<u64>,
 }

@@ -137,8 +137,12 @@ pub(crate) async fn run_plan(plan: Plan) -> Result<ChildReport, String> {
             connections,
             in_flight,
             seconds,
+            tracker_pid,
         } => tracker_load::tracker_load(
-            &tracker,
+            tracker_load::Target {
+                address: &tracker,
+                pid: tracker_pid,
+            },
             register,
             peers,
             files_per_peer,

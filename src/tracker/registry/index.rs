@@ -45,15 +45,6 @@ impl VersionKey {
             size: 0,
         }
     }
-
-    /// The largest key of `name`.
-    fn last_of(name: Arc<str>) -> Self {
-        VersionKey {
-            name,
-            content_id: ContentId([0xff; 32]),
-            size: u64::MAX,
-        }
-    }
 }
 
 /// The holders of one version, sorted by peer key. One holder is kept inline.
@@ -146,13 +137,19 @@ impl Index {
         }
     }
 
-    /// The versions of `name`, in key order.
-    pub(super) fn of_name(&self, name: &str) -> impl Iterator<Item = (&VersionKey, &Holders)> {
-        let name: Arc<str> = Arc::from(name);
-        self.versions.range((
-            Bound::Included(VersionKey::first_of(name.clone())),
-            Bound::Included(VersionKey::last_of(name)),
-        ))
+    /// The versions of `name`, in key order. One descent of the tree (the first version of the
+    /// name is where its versions start, and they end at the first key of another name): a
+    /// `WhoHas` pays it on every call.
+    pub(super) fn of_name<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a VersionKey, &'a Holders)> + 'a {
+        self.versions
+            .range((
+                Bound::Included(VersionKey::first_of(Arc::from(name))),
+                Bound::Unbounded,
+            ))
+            .take_while(move |(key, _)| *key.name == *name)
     }
 
     /// The versions after `after` (all of them for `None`), in key order.

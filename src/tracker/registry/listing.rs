@@ -3,7 +3,7 @@
 //! returns plus a bounded amount of skipping ([`MAX_PAGE_WORK`]).
 
 use super::index::VersionKey;
-use super::{Registry, DEFAULT_MAX_HOLDERS};
+use super::{Face, Registry, DEFAULT_MAX_HOLDERS};
 use crate::names::validate_file_name;
 use crate::pb::tracker as pb;
 use crate::tracker::limits::MAX_PAGE_WORK;
@@ -48,36 +48,46 @@ impl Registry {
             if !cid.starts_with(prefix) {
                 continue;
             }
-            let (mut partial, mut complete): (Vec<pb::Holder>, Vec<pb::Holder>) = holders
+            // The live holders as (record, partial): cheap to sample, and only the chosen few
+            // become strings.
+            let mut live: Vec<(&Face, bool)> = holders
                 .as_slice()
                 .iter()
                 .filter_map(|h| {
-                    let peer = self.peer(h.peer)?;
-                    self.alive(peer, now).then(|| pb::Holder {
-                        peer_id: peer.id.to_string(),
-                        address: peer.address.to_string(),
-                        partial: h.partial,
-                    })
+                    let face = self.face(h.peer)?;
+                    self.alive(face, now).then_some((face, h.partial))
                 })
-                .partition(|h| h.partial);
-            let (complete_count, total) = (complete.len(), complete.len() + partial.len());
+                .collect();
+            let total = live.len();
             if total == 0 {
                 continue;
             }
+            // Complete holders first (a stable order: the sample below is what is random).
+            live.sort_by_key(|&(_, partial)| partial);
+            let complete_count = live.partition_point(|&(_, partial)| !partial);
             if total > limit {
-                complete.shuffle(&mut rng);
-                complete.truncate(limit);
-                partial.shuffle(&mut rng);
-                partial.truncate(limit - complete.len());
+                let (complete, partial) = live.split_at_mut(complete_count);
+                let from_complete = limit.min(complete.len());
+                let mut chosen = Vec::with_capacity(limit);
+                chosen.extend_from_slice(complete.partial_shuffle(&mut rng, from_complete).0);
+                chosen
+                    .extend_from_slice(partial.partial_shuffle(&mut rng, limit - from_complete).0);
+                live = chosen;
             }
-            let mut holders = complete;
-            holders.append(&mut partial);
-            holders.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+            live.sort_unstable_by(|(a, _), (b, _)| a.id().cmp(b.id()));
+            let holders = live
+                .iter()
+                .map(|&(face, partial)| pb::Holder {
+                    peer_id: String::from(face.id()),
+                    address: String::from(face.address()),
+                    partial,
+                })
+                .collect();
             versions.push((
                 complete_count,
                 total,
                 pb::FileVersion {
-                    name: name.to_string(),
+                    name: String::from(name),
                     size: key.size,
                     content_id: cid,
                     holders,
@@ -118,14 +128,14 @@ impl Registry {
             }
             work += 1;
             last = Some(&**id);
-            let Some(peer) = self.peer(key).filter(|p| self.alive(p, now)) else {
+            let Some(peer) = self.slot(key).filter(|s| self.alive(&s.face, now)) else {
                 continue;
             };
             page.push(pb::PeerSummary {
                 peer_id: id.to_string(),
-                address: peer.address.to_string(),
-                file_count: u32::try_from(peer.files.len()).unwrap_or(u32::MAX),
-                total_bytes: u64::try_from(peer.total_bytes).unwrap_or(u64::MAX),
+                address: peer.face.address().to_string(),
+                file_count: u32::try_from(peer.record.files.len()).unwrap_or(u32::MAX),
+                total_bytes: u64::try_from(peer.record.total_bytes).unwrap_or(u64::MAX),
             });
         }
         (page, None)
@@ -156,7 +166,7 @@ impl Registry {
             let (mut live, mut partial) = (0u32, 0u32);
             for holder in holders.as_slice() {
                 work += 1;
-                if self.peer(holder.peer).is_some_and(|p| self.alive(p, now)) {
+                if self.face(holder.peer).is_some_and(|f| self.alive(f, now)) {
                     live += 1;
                     partial += u32::from(holder.partial);
                 }

@@ -119,6 +119,44 @@ fn crowded_versions_list_a_bounded_sample_complete_first() {
     assert_eq!(versions[0].content_id, ContentId::of(b"x").to_hex());
 }
 
+#[test]
+fn samples_are_drawn_afresh_and_each_holder_keeps_its_own_address() {
+    let now = Instant::now();
+    let mut r = registry(Duration::from_secs(10));
+    for i in 0..10 {
+        let entry = if i < 6 {
+            file("f", b"x")
+        } else {
+            partial_file("f", b"x")
+        };
+        r.register(
+            &format!("P{i}"),
+            format!("h{i}:1"),
+            None,
+            "",
+            vec![entry],
+            now,
+        )
+        .unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let version = &r.who_has("f", "", 4, now).unwrap()[0];
+        assert_eq!(version.holders.len(), 4);
+        assert!(version
+            .holders
+            .windows(2)
+            .all(|w| w[0].peer_id < w[1].peer_id));
+        for h in &version.holders {
+            assert!(!h.partial, "6 complete holders: no partial one is needed");
+            assert_eq!(h.address, format!("h{}:1", &h.peer_id[1..]));
+            seen.insert(h.peer_id.clone());
+        }
+    }
+    // 200 samples of 4 among 6: every complete holder shows up (a miss has odds below 1e-35).
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
 fn holders(r: &Registry, name: &str, now: Instant) -> Vec<Vec<String>> {
     match r.who_has(name, "", 0, now) {
         Ok(versions) => versions
