@@ -74,7 +74,8 @@ pub(crate) fn append_csv(path: &Path, rows: &[BenchRow]) -> std::io::Result<()> 
     writer.flush()
 }
 
-/// One scratch download: a real transfer from the other holders, verified, then deleted.
+/// One scratch download: a real transfer from the other holders, verified and made durable
+/// (fsync, as `get` does before the file appears in `files/`), then deleted.
 async fn scratch_download(
     node: &PeerNode,
     file: &str,
@@ -95,7 +96,8 @@ fn remove_scratch(report: &DownloadReport) {
 }
 
 /// `bench <file> [runs]`: downloads `file` `runs` times in a row, prints each run and the mean,
-/// appends one row per run to `download_times.csv`.
+/// appends one row per run to `download_times.csv`. Each run is durable like a `get` (its copy is
+/// fsynced before the clock stops), so `bench` times what `get` costs.
 pub(crate) async fn bench(
     node: &Arc<PeerNode>,
     file: &str,
@@ -142,7 +144,7 @@ pub(crate) async fn bench(
     let mean_rate = rows.iter().map(|r| r.mb_per_s).sum::<f64>() / rows.len().max(1) as f64;
     let _ = writeln!(
         out,
-        "mean of {runs} run(s): {}, {mean_rate:.1} MB/s; rows appended to {}",
+        "mean of {runs} run(s): {}, {mean_rate:.1} MB/s (durable: each copy fsynced before its clock stops, like get); rows appended to {}",
         human::duration(Duration::from_secs_f64(mean_secs)),
         csv_path.display()
     );

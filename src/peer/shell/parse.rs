@@ -77,7 +77,7 @@ pub(crate) const HELP: &[(&str, &str, &str)] = &[
     (
         "bench",
         "bench <file> [runs]",
-        "download a file `runs` times (default 5), log to download_times.csv",
+        "download a file `runs` times (default 5), each made durable (fsync) like get, log to download_times.csv",
     ),
     (
         "stress",
