@@ -10,6 +10,7 @@
 
 use super::crowd::{error_lines, peer_binary, DownloaderProcess, Downloaders};
 use super::Runner;
+use crate::baseline::tcp_copy;
 use crate::child::wait_bounded;
 use crate::crowd::parse_get_line;
 use crate::error::BenchError;
@@ -33,6 +34,10 @@ const USER_HZ: f64 = 100.0;
 /// One downloader run.
 struct GetRun {
     seconds: f64,
+    /// The durable baseline (TCP copy, then fdatasync) of the same file, run just before it:
+    /// the machine is shared, and a ratio to a neighbour in time drifts less than one to a
+    /// median taken minutes apart.
+    paired_baseline: Option<f64>,
     /// The final fsync, from the `get` line.
     sync_ms: Option<f64>,
     /// CPU seconds of the downloader, and of all holders during the run.
@@ -181,7 +186,17 @@ impl Runner<'_> {
         let mut runs = Vec::new();
         for run in 0..self.opts.runs {
             let id = self.swarm.fresh_id(&format!("G{count}"));
-            let outcome = self.one_get(peer_exe, name, data, tracker, &dir, &id, &holders);
+            let source = self.swarm.data_path(name);
+            let dest = self.swarm.root.join("paired-baseline.out");
+            let paired = tcp_copy(&self.swarm.exe, &source, &dest, data.size, true)
+                .ok()
+                .map(|t| t.total.as_secs_f64());
+            let outcome = self
+                .one_get(peer_exe, name, data, tracker, &dir, &id, &holders)
+                .map(|got| GetRun {
+                    paired_baseline: paired,
+                    ..got
+                });
             let _ = std::fs::remove_dir_all(dir.join(&id));
             let got = outcome?;
             self.say(&format!(
@@ -275,6 +290,7 @@ impl Runner<'_> {
         }
         Ok(GetRun {
             seconds,
+            paired_baseline: None,
             sync_ms: parse_sync_ms(&out),
             cpu_downloader,
             cpu_holders,
@@ -338,7 +354,17 @@ fn get_row(
 ) -> Row {
     let seconds = median(runs.iter().map(|r| r.seconds));
     let rate = seconds.filter(|s| *s > 0.0).map(|s| size as f64 / s);
-    let r = rate.zip(durable_baseline).and_then(|(v, b)| ratio(v, b));
+    // The ratio: the median of each run's ratio to the durable baseline run just before it
+    // (else to the baseline scenario's median).
+    let paired: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.paired_baseline.map(|b| b / r.seconds))
+        .collect();
+    let r = if paired.len() == runs.len() && !runs.is_empty() {
+        median(paired.iter().copied())
+    } else {
+        rate.zip(durable_baseline).and_then(|(v, b)| ratio(v, b))
+    };
     let gib = size as f64 / (1u64 << 30) as f64;
     let cpu: Vec<f64> = runs
         .iter()
@@ -349,6 +375,14 @@ fn get_row(
         format!(
             "runs: {} s",
             fmt(runs.iter().map(|r| format!("{:.3}", r.seconds)).collect())
+        ),
+        format!(
+            "each against a durable baseline run just before it: {} s, ratios {}",
+            fmt(runs
+                .iter()
+                .map(|r| r.paired_baseline.map_or("?".into(), |b| format!("{b:.3}")))
+                .collect()),
+            fmt(paired.iter().map(|p| format!("{p:.2}x")).collect())
         ),
         format!(
             "final fsync {} ms",
