@@ -19,6 +19,7 @@ use super::partial::Partial;
 use super::picker::{HolderKey, Next, Picker};
 use super::version::HolderAddr;
 use super::worker::session;
+use exchange::Heard;
 use super::writer::PieceWriter;
 use super::{Context, HolderReport, SAVE_PROGRESS_EVERY};
 use crate::chunking::{Bitfield, Manifest, PieceIndex};
@@ -513,10 +514,10 @@ impl Transfer {
                 }
                 holders = async { tracker_call.as_mut().expect("guarded").await }, if tracker_call.is_some() => {
                     tracker_call = None;
-                    self.learn(holders);
+                    self.learn(holders, Heard::Tracker);
                 }
                 Some(Ok(holders)) = exchanges.join_next(), if !exchanges.is_empty() => {
-                    self.learn(holders);
+                    self.learn(holders, Heard::Exchange);
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
