@@ -16,7 +16,7 @@
 use super::contact::{Identity, Link};
 use super::known::{KnownHolders, Outcome};
 use super::partial::Partial;
-use super::picker::{HolderKey, Next, Picker};
+use super::picker::{unit_for_rate, HolderKey, Next, Picker};
 use super::version::HolderAddr;
 use super::worker::session;
 use exchange::Heard;
@@ -67,7 +67,25 @@ struct Report {
 struct Session {
     peer_id: String,
     has: Bitfield,
+    /// When its first verified piece came in (its rate is measured from there, so connecting
+    /// and the first request do not count).
+    first_piece: Option<Instant>,
+    /// Bytes of the verified pieces it delivered after the first.
+    bytes_since: u64,
 }
+
+impl Session {
+    /// Its rate in bytes per second, once measured over [`RATE_AFTER`].
+    fn rate(&self, now: Instant) -> Option<f64> {
+        let elapsed = now.saturating_duration_since(self.first_piece?);
+        (elapsed >= RATE_AFTER && self.bytes_since > 0)
+            .then(|| self.bytes_since as f64 / elapsed.as_secs_f64())
+    }
+}
+
+/// How long a holder's rate is measured before its units are sized by it (until then it gets
+/// the download's unit).
+const RATE_AFTER: Duration = Duration::from_millis(100);
 
 /// The state behind the transfer's one lock (never held across an `.await`).
 struct State {
@@ -232,7 +250,18 @@ impl Transfer {
             picker, sessions, ..
         } = &mut *state;
         match sessions.get(&key) {
-            Some(session) => picker.next(key, &session.has),
+            Some(session) => {
+                let max_unit = match session.rate(Instant::now()) {
+                    Some(rate) => unit_for_rate(
+                        rate,
+                        self.manifest.geometry().piece_size(),
+                        super::STREAMS_PER_HOLDER,
+                        u64::MAX,
+                    ),
+                    None => u64::MAX,
+                };
+                picker.next_up_to(key, &session.has, max_unit)
+            }
             None => Next::Done,
         }
     }
@@ -259,6 +288,8 @@ impl Transfer {
                 Session {
                     peer_id: peer_id.to_string(),
                     has,
+                    first_piece: None,
+                    bytes_since: 0,
                 },
             );
         }
@@ -307,8 +338,15 @@ impl Transfer {
         if !state.picker.complete(piece) {
             return; // A duplicate in endgame.
         }
-        state.last_progress = Instant::now();
-        let peer_id = state.sessions.get(&key).map(|s| s.peer_id.clone());
+        let now = Instant::now();
+        state.last_progress = now;
+        let peer_id = state.sessions.get_mut(&key).map(|s| {
+            match s.first_piece {
+                None => s.first_piece = Some(now),
+                Some(_) => s.bytes_since += len,
+            }
+            s.peer_id.clone()
+        });
         if let Some(peer_id) = &peer_id {
             state.reports.entry(peer_id.clone()).or_default().bytes += len;
             state.known.delivered(peer_id);
