@@ -49,6 +49,19 @@ pub(crate) struct Assignment {
     pub pieces: Range<PieceIndex>,
 }
 
+/// How much of a unit in flight with another holder (its owner) a holder may duplicate in
+/// endgame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Help {
+    /// All that is not done: the helper is clearly faster, or the owner is stalled or not
+    /// measured yet. The first copy of each piece wins.
+    All,
+    /// The back half only: the helper is no faster. Taking everything would send the same
+    /// bytes twice at the same pace (waste on a shared link); from the back, each does half
+    /// and the owner stops where the helper's pieces begin.
+    BackHalf,
+}
+
 /// What a holder's worker should do next.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -188,12 +201,19 @@ impl Picker {
     /// The next unit for `holder`, which has the pieces in `has`.
     #[cfg(test)]
     pub(crate) fn next(&mut self, holder: HolderKey, has: &Bitfield) -> Next {
-        self.next_up_to(holder, has, u64::MAX)
+        self.next_up_to(holder, has, u64::MAX, |_| Help::All)
     }
 
     /// The next unit for `holder`, which has the pieces in `has`, of at most `max_unit` pieces
-    /// (and at most the picker's unit).
-    pub(crate) fn next_up_to(&mut self, holder: HolderKey, has: &Bitfield, max_unit: u64) -> Next {
+    /// (and at most the picker's unit). In endgame, `help(owner)` says how much of a unit in
+    /// flight with `owner` this holder may duplicate.
+    pub(crate) fn next_up_to(
+        &mut self,
+        holder: HolderKey,
+        has: &Bitfield,
+        max_unit: u64,
+        help: impl Fn(HolderKey) -> Help,
+    ) -> Next {
         if self.remaining == 0 {
             return Next::Done;
         }
@@ -226,12 +246,19 @@ impl Picker {
             }
             return self.assign(holder, start..end);
         }
-        self.endgame(holder, has, unit)
+        self.endgame(holder, has, unit, help)
     }
 
     /// Helps with the unit in flight elsewhere that has the fewest helpers, unless this holder
-    /// already works on it; only pieces the holder has, at most `unit` of them.
-    fn endgame(&mut self, holder: HolderKey, has: &Bitfield, unit: u64) -> Next {
+    /// already works on it; only pieces the holder has, at most `unit` of them, and only as
+    /// much as `help` says.
+    fn endgame(
+        &mut self,
+        holder: HolderKey,
+        has: &Bitfield,
+        unit: u64,
+        help: impl Fn(HolderKey) -> Help,
+    ) -> Next {
         let mut best: Option<(usize, Range<PieceIndex>)> = None;
         for f in &self.in_flight {
             if f.holder == holder {
@@ -245,10 +272,16 @@ impl Picker {
             else {
                 continue;
             };
-            let end = (start..f.pieces.end.min(start + unit))
+            let end = (start..f.pieces.end)
                 .find(|&p| self.done[p as usize] || !has.has(p))
-                .unwrap_or(f.pieces.end.min(start + unit));
-            let pieces = start..end;
+                .unwrap_or(f.pieces.end);
+            let start = match help(f.holder) {
+                Help::All => start,
+                // Nothing to split in a single piece: the owner has it nearly in.
+                Help::BackHalf if end - start < 2 => continue,
+                Help::BackHalf => start + (end - start).div_ceil(2),
+            };
+            let pieces = start..end.min(start + unit);
             let overlaps =
                 |g: &InFlight| g.pieces.start < pieces.end && pieces.start < g.pieces.end;
             if self
@@ -431,7 +464,7 @@ mod tests {
         let full = Bitfield::full(8);
         picker.add_holder(&full);
         picker.add_holder(&full);
-        let first = fetch(picker.next_up_to(0, &full, 1));
+        let first = fetch(picker.next_up_to(0, &full, 1, |_| Help::All));
         assert_eq!(first.pieces.end - first.pieces.start, 1);
         let mut fast = Vec::new();
         while let Next::Fetch(a) = picker.next(1, &full) {
@@ -445,5 +478,38 @@ mod tests {
         }
         let covered: u64 = fast.iter().map(|a| a.pieces.end - a.pieces.start).sum();
         assert_eq!(covered, 7, "the fast holder took the rest: {fast:?}");
+    }
+
+    /// In endgame a holder no faster than the owner takes the back half of what is left; a
+    /// single piece left is not split.
+    #[test]
+    fn a_helper_no_faster_takes_the_back_half() {
+        let mut picker = Picker::new(vec![false; 8], 8, 6);
+        let full = Bitfield::full(8);
+        picker.add_holder(&full);
+        picker.add_holder(&full);
+        let owned = fetch(picker.next(0, &full));
+        assert_eq!(owned.pieces, 0..8);
+        picker.complete(0);
+        picker.complete(1);
+        let help = fetch(picker.next_up_to(1, &full, u64::MAX, |_| Help::BackHalf));
+        assert_eq!(help.pieces, 5..8, "the back half of 2..8");
+        // A third holder, no faster either, takes a back half too.
+        let third = fetch(picker.next_up_to(2, &full, u64::MAX, |_| Help::BackHalf));
+        assert!(third.pieces.start >= 2 && third.pieces.end <= 8, "{third:?}");
+        for p in 2..7 {
+            picker.complete(p);
+        }
+        picker.release(help.id);
+        picker.release(third.id);
+        assert_eq!(
+            picker.next_up_to(1, &full, u64::MAX, |_| Help::BackHalf),
+            Next::Wait
+        );
+        // A faster one takes it.
+        assert_eq!(
+            fetch(picker.next_up_to(1, &full, u64::MAX, |_| Help::All)).pieces,
+            7..8
+        );
     }
 }

@@ -16,7 +16,7 @@
 use super::contact::{Identity, Link};
 use super::known::{KnownHolders, Outcome};
 use super::partial::Partial;
-use super::picker::{unit_for_rate, HolderKey, Next, Picker};
+use super::picker::{unit_for_rate, Help, HolderKey, Next, Picker};
 use super::version::HolderAddr;
 use super::worker::session;
 use exchange::Heard;
@@ -72,6 +72,8 @@ struct Session {
     first_piece: Option<Instant>,
     /// Bytes of the verified pieces it delivered after the first.
     bytes_since: u64,
+    /// When it last delivered a verified piece (or joined, before its first).
+    last_piece: Instant,
 }
 
 impl Session {
@@ -86,6 +88,12 @@ impl Session {
 /// How long a holder's rate is measured before its units are sized by it (until then it gets
 /// the download's unit).
 const RATE_AFTER: Duration = Duration::from_millis(100);
+/// A holder that delivered no piece for this long is helped in endgame whatever the rates (a
+/// pulled cable, a holder gone quiet).
+const STALLED_AFTER: Duration = Duration::from_millis(500);
+/// In endgame a holder duplicates all of another's unit only if it is this much faster;
+/// otherwise it takes the back half (see [`Help`]).
+const FASTER: f64 = 1.25;
 
 /// The state behind the transfer's one lock (never held across an `.await`).
 struct State {
@@ -249,9 +257,23 @@ impl Transfer {
         let State {
             picker, sessions, ..
         } = &mut *state;
+        let now = Instant::now();
         match sessions.get(&key) {
             Some(session) => {
-                let max_unit = match session.rate(Instant::now()) {
+                let mine = session.rate(now);
+                let help = |owner: HolderKey| {
+                    let Some(owner) = sessions.get(&owner) else {
+                        return Help::All;
+                    };
+                    if now.saturating_duration_since(owner.last_piece) >= STALLED_AFTER {
+                        return Help::All;
+                    }
+                    match (mine, owner.rate(now)) {
+                        (Some(mine), Some(theirs)) if mine < theirs * FASTER => Help::BackHalf,
+                        _ => Help::All,
+                    }
+                };
+                let max_unit = match mine {
                     Some(rate) => unit_for_rate(
                         rate,
                         self.manifest.geometry().piece_size(),
@@ -260,7 +282,7 @@ impl Transfer {
                     ),
                     None => u64::MAX,
                 };
-                picker.next_up_to(key, &session.has, max_unit)
+                picker.next_up_to(key, &session.has, max_unit, help)
             }
             None => Next::Done,
         }
@@ -290,6 +312,7 @@ impl Transfer {
                     has,
                     first_piece: None,
                     bytes_since: 0,
+                    last_piece: Instant::now(),
                 },
             );
         }
@@ -341,6 +364,7 @@ impl Transfer {
         let now = Instant::now();
         state.last_progress = now;
         let peer_id = state.sessions.get_mut(&key).map(|s| {
+            s.last_piece = now;
             match s.first_piece {
                 None => s.first_piece = Some(now),
                 Some(_) => s.bytes_since += len,
