@@ -501,12 +501,21 @@ mod tests {
         // Not answering: a probe and its deadline fit in one interval (of 2 s or more).
         for interval in [s(2), s(10), s(3600)] {
             let wait = next_beat(Some(interval), None, false);
-            assert!(wait + tracker_link::PROBE_TIMEOUT <= interval, "{interval:?}");
+            assert!(
+                wait + tracker_link::PROBE_TIMEOUT <= interval,
+                "{interval:?}"
+            );
         }
         assert_eq!(next_beat(Some(s(1)), None, false), MIN_PROBE_WAIT);
-        assert_eq!(next_beat(Some(s(2)), None, false), Duration::from_millis(500));
+        assert_eq!(
+            next_beat(Some(s(2)), None, false),
+            Duration::from_millis(500)
+        );
         // Never the refusal backoff while unreachable with a session.
-        assert_eq!(next_beat(Some(s(2)), Some(s(60)), false), Duration::from_millis(500));
+        assert_eq!(
+            next_beat(Some(s(2)), Some(s(60)), false),
+            Duration::from_millis(500)
+        );
         // Unregistered and unreachable: as before, every second (plus the probe's deadline).
         assert_eq!(next_beat(None, None, false), s(1));
     }

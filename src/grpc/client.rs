@@ -281,9 +281,8 @@ pub(super) mod tests {
                     4 if flags & 1 == 0 => {
                         for entry in payload.chunks_exact(6) {
                             if u16::from_be_bytes([entry[0], entry[1]]) == 4 {
-                                stream = u32::from_be_bytes([
-                                    entry[2], entry[3], entry[4], entry[5],
-                                ]);
+                                stream =
+                                    u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
                             }
                         }
                         settings_seen = true;
@@ -316,11 +315,13 @@ pub(super) mod tests {
         assert_eq!(Windows::parse(Some("huge")), Windows::Fixed);
         // A whole unit (at most 4 MiB) fits a stream's window; every stream to a holder fits
         // the connection's.
-        assert!(STREAM_WINDOW >= 4 << 20);
-        assert!(
-            CONNECTION_WINDOW as u64
-                >= STREAM_WINDOW as u64 * crate::peer::download::STREAMS_PER_HOLDER as u64
-        );
+        const {
+            assert!(STREAM_WINDOW >= 4 << 20);
+            assert!(
+                CONNECTION_WINDOW as u64
+                    >= STREAM_WINDOW as u64 * crate::peer::download::STREAMS_PER_HOLDER as u64
+            );
+        }
     }
 
     /// What a client channel tells the server in its first frames: the windows above, so a

@@ -496,7 +496,10 @@ mod tests {
         assert_eq!(help.pieces, 5..8, "the back half of 2..8");
         // A third holder, no faster either, takes a back half too.
         let third = fetch(picker.next_up_to(2, &full, u64::MAX, |_| Help::BackHalf));
-        assert!(third.pieces.start >= 2 && third.pieces.end <= 8, "{third:?}");
+        assert!(
+            third.pieces.start >= 2 && third.pieces.end <= 8,
+            "{third:?}"
+        );
         for p in 2..7 {
             picker.complete(p);
         }
