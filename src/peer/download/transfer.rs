@@ -16,7 +16,7 @@
 use super::contact::{Identity, Link};
 use super::known::{KnownHolders, Outcome};
 use super::partial::Partial;
-use super::picker::{unit_for_rate, Help, HolderKey, Next, Picker};
+use super::picker::{HolderKey, Next, Picker};
 use super::version::HolderAddr;
 use super::worker::session;
 use super::writer::PieceWriter;
@@ -41,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod exchange;
+mod session;
+
+use session::Session;
 
 /// Default number of holders one download is connected to at once.
 pub const DEFAULT_MAX_HOLDERS: usize = 12;
@@ -62,38 +65,6 @@ struct Report {
     bytes: u64,
     dropped: Option<String>,
 }
-
-/// A connected holder.
-struct Session {
-    peer_id: String,
-    has: Bitfield,
-    /// When its first verified piece came in (its rate is measured from there, so connecting
-    /// and the first request do not count).
-    first_piece: Option<Instant>,
-    /// Bytes of the verified pieces it delivered after the first.
-    bytes_since: u64,
-    /// When it last delivered a verified piece (or joined, before its first).
-    last_piece: Instant,
-}
-
-impl Session {
-    /// Its rate in bytes per second, once measured over [`RATE_AFTER`].
-    fn rate(&self, now: Instant) -> Option<f64> {
-        let elapsed = now.saturating_duration_since(self.first_piece?);
-        (elapsed >= RATE_AFTER && self.bytes_since > 0)
-            .then(|| self.bytes_since as f64 / elapsed.as_secs_f64())
-    }
-}
-
-/// How long a holder's rate is measured before its units are sized by it (until then it gets
-/// the download's unit).
-const RATE_AFTER: Duration = Duration::from_millis(100);
-/// A holder that delivered no piece for this long is helped in endgame whatever the rates (a
-/// pulled cable, a holder gone quiet).
-const STALLED_AFTER: Duration = Duration::from_millis(500);
-/// In endgame a holder duplicates all of another's unit only if it is this much faster;
-/// otherwise it takes the back half (see [`Help`]).
-const FASTER: f64 = 1.25;
 
 /// The state behind the transfer's one lock (never held across an `.await`).
 struct State {
@@ -260,28 +231,8 @@ impl Transfer {
         let now = Instant::now();
         match sessions.get(&key) {
             Some(session) => {
-                let mine = session.rate(now);
-                let help = |owner: HolderKey| {
-                    let Some(owner) = sessions.get(&owner) else {
-                        return Help::All;
-                    };
-                    if now.saturating_duration_since(owner.last_piece) >= STALLED_AFTER {
-                        return Help::All;
-                    }
-                    match (mine, owner.rate(now)) {
-                        (Some(mine), Some(theirs)) if mine < theirs * FASTER => Help::BackHalf,
-                        _ => Help::All,
-                    }
-                };
-                let max_unit = match mine {
-                    Some(rate) => unit_for_rate(
-                        rate,
-                        self.manifest.geometry().piece_size(),
-                        super::STREAMS_PER_HOLDER,
-                        u64::MAX,
-                    ),
-                    None => u64::MAX,
-                };
+                let max_unit = session.unit(now, self.manifest.geometry().piece_size());
+                let help = |owner| session.help(sessions.get(&owner), now);
                 picker.next_up_to(key, &session.has, max_unit, help)
             }
             None => Next::Done,
@@ -305,16 +256,7 @@ impl Transfer {
             let mut state = self.lock();
             state.picker.add_holder(&has);
             state.reports.entry(peer_id.to_string()).or_default();
-            state.sessions.insert(
-                key,
-                Session {
-                    peer_id: peer_id.to_string(),
-                    has,
-                    first_piece: None,
-                    bytes_since: 0,
-                    last_piece: Instant::now(),
-                },
-            );
+            state.sessions.insert(key, Session::new(peer_id, has));
         }
         self.changed.notify_waiters();
     }
@@ -364,11 +306,7 @@ impl Transfer {
         let now = Instant::now();
         state.last_progress = now;
         let peer_id = state.sessions.get_mut(&key).map(|s| {
-            s.last_piece = now;
-            match s.first_piece {
-                None => s.first_piece = Some(now),
-                Some(_) => s.bytes_since += len,
-            }
+            s.delivered(len, now);
             s.peer_id.clone()
         });
         if let Some(peer_id) = &peer_id {
