@@ -337,11 +337,11 @@ impl PeerNode {
         // each time (up to a minute) instead of resending a full catalog every second.
         let mut refused: Option<Duration> = None;
         loop {
-            let wait = match (self.tracker.session(), refused) {
-                (Some(session), _) => session.heartbeat_interval,
-                (None, Some(backoff)) => backoff,
-                (None, None) => Duration::from_secs(1),
-            };
+            let wait = next_beat(
+                self.tracker.session().map(|s| s.heartbeat_interval),
+                refused,
+                self.tracker.reachable(),
+            );
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -427,6 +427,27 @@ impl PeerNode {
     }
 }
 
+/// Least wait between two probes of a tracker that does not answer.
+const MIN_PROBE_WAIT: Duration = Duration::from_millis(250);
+
+/// How long the heartbeat loop waits before its next call, given the session's heartbeat
+/// interval (if registered), the refusal backoff (if the tracker refused the last registration)
+/// and whether the tracker answered the last call.
+///
+/// The backoff is for refusals only. A tracker that did not answer is probed again after a
+/// quarter of the heartbeat interval (at least [`MIN_PROBE_WAIT`]), each probe on a fresh
+/// connection with a deadline of [`tracker_link::PROBE_TIMEOUT`]: once the network is back, a
+/// peer is on the tracker again within about one heartbeat, not a dead connection's
+/// retransmission timer or a full call deadline later.
+fn next_beat(interval: Option<Duration>, refused: Option<Duration>, reachable: bool) -> Duration {
+    match (interval, refused) {
+        (Some(interval), _) if !reachable => (interval / 4).max(MIN_PROBE_WAIT),
+        (Some(interval), _) => interval,
+        (None, Some(backoff)) => backoff,
+        (None, None) => Duration::from_secs(1),
+    }
+}
+
 /// How long to wait before registering again after the tracker refused (RESOURCE_EXHAUSTED),
 /// given the previous wait: 2 s, doubling to a minute.
 fn refusal_backoff(previous: Option<Duration>) -> Duration {
@@ -468,5 +489,34 @@ mod tests {
             wait = Some(next);
         }
         assert_eq!(seen, [2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+
+    #[test]
+    fn an_unreachable_tracker_is_probed_within_a_heartbeat() {
+        let s = Duration::from_secs;
+        // Answering: beat at the interval; refused before registering: the backoff.
+        assert_eq!(next_beat(Some(s(2)), None, true), s(2));
+        assert_eq!(next_beat(None, Some(s(8)), true), s(8));
+        assert_eq!(next_beat(None, None, true), s(1));
+        // Not answering: a probe and its deadline fit in one interval (of 2 s or more).
+        for interval in [s(2), s(10), s(3600)] {
+            let wait = next_beat(Some(interval), None, false);
+            assert!(
+                wait + tracker_link::PROBE_TIMEOUT <= interval,
+                "{interval:?}"
+            );
+        }
+        assert_eq!(next_beat(Some(s(1)), None, false), MIN_PROBE_WAIT);
+        assert_eq!(
+            next_beat(Some(s(2)), None, false),
+            Duration::from_millis(500)
+        );
+        // Never the refusal backoff while unreachable with a session.
+        assert_eq!(
+            next_beat(Some(s(2)), Some(s(60)), false),
+            Duration::from_millis(500)
+        );
+        // Unregistered and unreachable: as before, every second (plus the probe's deadline).
+        assert_eq!(next_beat(None, None, false), s(1));
     }
 }

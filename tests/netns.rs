@@ -315,14 +315,17 @@ fn tracker_cut_mid_download_then_peers_come_back() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // ... and come back once it is plugged in again.
+    // ... and come back once it is plugged in again, within about a heartbeat: a peer whose
+    // tracker does not answer probes it every quarter heartbeat on a fresh connection (not the
+    // dead one, whose retransmissions back off for seconds) with a 1 s deadline. The bound is
+    // three heartbeats; waiting out a 5 s call deadline, as peers did, misses it.
     s.net.set_link("tracker", true).unwrap();
     let (listed, _) = swarm::wait_for_peers(
         &s.net,
         "tracker",
         s.tracker,
         &["h1", "h2", "h3"],
-        LISTING_TIMEOUT,
+        Duration::from_secs(3 * u64::from(HEARTBEAT_SECS)),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", s.all_logs()));
     for peer in &listed {

@@ -9,6 +9,16 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::Server;
 
+/// HTTP/2 receive window of one stream on a server: what a client may send on one call before
+/// the server has read it. What servers receive is small (requests; the largest, a tracker
+/// `Register` batch, is 4 MiB), while bulk data flows the other way and is paced by the
+/// *client's* window (see [`super::client::STREAM_WINDOW`]). So this stays at hyper's 1 MiB,
+/// set explicitly: a larger one would only let each client make a server hold more unread data.
+pub(crate) const STREAM_WINDOW: u32 = 1 << 20;
+/// HTTP/2 receive window of a whole server connection: at most this much unread request data
+/// per connection, whatever the number of streams (hyper's default, set explicitly).
+pub(crate) const CONNECTION_WINDOW: u32 = 1 << 20;
+
 /// The encoded `FileDescriptorSet` of `proto/*.proto`, for server reflection.
 pub(crate) const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/p2pshare_descriptor.bin"));
@@ -107,6 +117,8 @@ pub async fn serve_with_security(
     let _sweeper = AbortOnDrop(tokio::spawn(sweep(connections.clone())));
     builder
         .max_frame_size(MAX_FRAME_SIZE)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(limits.max_streams_per_connection)
         .timeout(limits.request_timeout)
         // Dead clients are noticed even when no call is in flight.
@@ -126,5 +138,45 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::client::tests::advertised_windows;
+    use tokio::io::AsyncWriteExt;
+
+    /// What the server tells every client in its first frames: the windows above, so a client
+    /// can have at most this much request data unread by the server.
+    #[tokio::test]
+    async fn the_server_advertises_its_windows() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let limits = ServerLimits::default();
+                serve_with(
+                    listener,
+                    Routes::default(),
+                    ServiceKind::Peer,
+                    &limits,
+                    stop.cancelled_owned(),
+                )
+                .await
+            }
+        });
+        let mut io = tokio::net::TcpStream::connect(address).await.unwrap();
+        // The client preface and an empty SETTINGS frame.
+        io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let windows = advertised_windows(&mut io, false).await;
+        assert_eq!(windows, (STREAM_WINDOW, CONNECTION_WINDOW));
+        stop.cancel();
+        drop(io);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
     }
 }

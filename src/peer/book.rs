@@ -5,7 +5,12 @@
 //!   downloaders that fetched from this peer (they are partial holders and said where they
 //!   listen). `GetHolders` answers from it, so a download keeps finding holders while the tracker
 //!   is down. Bounded: [`MAX_CONTENTS`] content ids, [`MAX_HOLDERS_PER_CONTENT`] holders each,
-//!   entries forgotten after [`ENTRY_TTL`].
+//!   entries forgotten after [`ENTRY_TTL`], or [`PARTIAL_TTL`] for a partial holder.
+//! * **Only evidence keeps an entry.** An entry is refreshed by first-hand news only: the holder
+//!   itself asked this peer for pieces, or the tracker (which drops the silent) listed it
+//!   ([`SwarmBook::learn`]). Hearsay from peer exchange ([`SwarmBook::learn_hearsay`]) adds a
+//!   holder not known yet but never extends one known: otherwise peers that pass the same
+//!   entries to each other keep a departed downloader alive for as long as they talk.
 //! * **Who uploaded to us** ([`SwarmBook::received`]): bytes of verified pieces received from
 //!   each peer id, which the upload choker uses to serve first the peers that upload back.
 //!
@@ -22,8 +27,14 @@ use std::time::{Duration, Instant};
 pub(crate) const MAX_CONTENTS: usize = 256;
 /// Holders remembered per content id.
 pub(crate) const MAX_HOLDERS_PER_CONTENT: usize = 512;
-/// How long a holder is remembered without being heard of again.
+/// How long a complete holder is remembered without being heard of again.
 pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(120);
+/// How long a partial holder (a downloader) is remembered without being heard of again. A
+/// downloader asks each holder it fetches from for pieces every few hundred milliseconds, so a
+/// live one is refreshed long before this; one that left (finished and quit, or lost its
+/// network) is passed on for this long at most, each such entry costing a new downloader a
+/// connection attempt (a connect timeout on a LAN) and a holder slot.
+pub(crate) const PARTIAL_TTL: Duration = Duration::from_secs(20);
 /// Most holders one `GetHolders` answer carries.
 pub(crate) const MAX_EXCHANGED: usize = 64;
 /// Peer ids whose upload to us is counted (the first ones seen; the rest count as nobody).
@@ -47,6 +58,14 @@ struct Entry {
     heard: Instant,
 }
 
+impl Entry {
+    /// Whether it is still worth passing on at `now`.
+    fn fresh(&self, now: Instant) -> bool {
+        let ttl = if self.partial { PARTIAL_TTL } else { ENTRY_TTL };
+        now.saturating_duration_since(self.heard) < ttl
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     contents: HashMap<ContentId, (Instant, HashMap<String, Entry>)>,
@@ -64,7 +83,8 @@ impl SwarmBook {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remembers that `peer_id` at `address` holds (part of) `content_id`.
+    /// Remembers that `peer_id` at `address` holds (part of) `content_id`, first hand (it asked
+    /// this peer for pieces, or the tracker listed it): the entry is fresh as of `now`.
     pub(crate) fn learn(
         &self,
         content_id: ContentId,
@@ -72,6 +92,32 @@ impl SwarmBook {
         address: &str,
         partial: bool,
         now: Instant,
+    ) {
+        self.insert(content_id, peer_id, address, partial, now, true);
+    }
+
+    /// Remembers what another peer said (peer exchange): a holder not known yet is added as of
+    /// `now`; one known (and still fresh) keeps its address and when it was last heard of first
+    /// hand, so hearsay alone never keeps an entry alive.
+    pub(crate) fn learn_hearsay(
+        &self,
+        content_id: ContentId,
+        peer_id: &str,
+        address: &str,
+        partial: bool,
+        now: Instant,
+    ) {
+        self.insert(content_id, peer_id, address, partial, now, false);
+    }
+
+    fn insert(
+        &self,
+        content_id: ContentId,
+        peer_id: &str,
+        address: &str,
+        partial: bool,
+        now: Instant,
+        first_hand: bool,
     ) {
         let mut inner = self.lock();
         if !inner.contents.contains_key(&content_id) && inner.contents.len() >= MAX_CONTENTS {
@@ -89,8 +135,12 @@ impl SwarmBook {
             .entry(content_id)
             .or_insert_with(|| (now, HashMap::new()));
         *touched = now;
+        match holders.get(peer_id) {
+            Some(known) if !first_hand && known.fresh(now) => return,
+            _ => {}
+        }
         if !holders.contains_key(peer_id) && holders.len() >= MAX_HOLDERS_PER_CONTENT {
-            holders.retain(|_, e| now.duration_since(e.heard) < ENTRY_TTL);
+            holders.retain(|_, e| e.fresh(now));
             if holders.len() >= MAX_HOLDERS_PER_CONTENT {
                 return;
             }
@@ -112,8 +162,8 @@ impl SwarmBook {
         }
     }
 
-    /// Up to `n` holders of `content_id` heard of within [`ENTRY_TTL`], at random, other than
-    /// `except` (the caller).
+    /// Up to `n` holders of `content_id` heard of within [`ENTRY_TTL`] ([`PARTIAL_TTL`] for a
+    /// partial holder), at random, other than `except` (the caller).
     pub(crate) fn holders(
         &self,
         content_id: &ContentId,
@@ -127,7 +177,7 @@ impl SwarmBook {
         };
         holders
             .iter()
-            .filter(|(id, e)| id.as_str() != except && now.duration_since(e.heard) < ENTRY_TTL)
+            .filter(|(id, e)| id.as_str() != except && e.fresh(now))
             .map(|(id, e)| HeardHolder {
                 peer_id: id.clone(),
                 address: e.address.clone(),
@@ -173,8 +223,58 @@ mod tests {
             .holders(&cid, usize::MAX, "", now)
             .iter()
             .all(|h| h.peer_id != "p1"));
+        // Partial holders (even i) go first, complete ones later.
+        let later = book.holders(&cid, usize::MAX, "", now + PARTIAL_TTL);
+        assert!(!later.is_empty() && later.iter().all(|h| !h.partial));
         assert!(book.holders(&cid, 10, "", now + ENTRY_TTL).is_empty());
         assert!(book.holders(&ContentId::of(b"y"), 10, "", now).is_empty());
+    }
+
+    /// Peers passing a departed downloader to each other do not keep it alive: only its own
+    /// requests (or the tracker) do.
+    #[test]
+    fn hearsay_never_extends_an_entry() {
+        let book = SwarmBook::default();
+        let cid = ContentId::of(b"x");
+        let t0 = Instant::now();
+        let listed = |at: Instant| -> Vec<String> {
+            let mut ids: Vec<String> = book
+                .holders(&cid, usize::MAX, "", at)
+                .into_iter()
+                .map(|h| h.peer_id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        // d1 fetched from us; d2 and s1 (complete) we only heard of from other peers.
+        book.learn(cid, "d1", "10.0.0.1:9000", true, t0);
+        book.learn_hearsay(cid, "d2", "10.0.0.2:9000", true, t0);
+        book.learn_hearsay(cid, "s1", "10.0.0.3:9000", false, t0);
+        assert_eq!(listed(t0), ["d1", "d2", "s1"]);
+        // Every peer exchange repeats them, up to just before they expire ...
+        let mut at = t0;
+        while at + Duration::from_secs(1) < t0 + PARTIAL_TTL {
+            at += Duration::from_secs(1);
+            for (id, partial) in [("d1", true), ("d2", true), ("s1", false)] {
+                book.learn_hearsay(cid, id, "10.9.9.9:1", partial, at);
+            }
+        }
+        // ... and still the downloaders are gone PARTIAL_TTL after they were last heard of
+        // first hand, the complete holder ENTRY_TTL after; hearsay did not change an address.
+        assert_eq!(listed(t0 + PARTIAL_TTL), ["s1"]);
+        assert!(book
+            .holders(&cid, usize::MAX, "", t0)
+            .iter()
+            .all(|h| h.address.starts_with("10.0.0.")));
+        assert!(listed(t0 + ENTRY_TTL).is_empty());
+        // First-hand news does refresh: d1 asks again.
+        book.learn(cid, "d1", "10.0.0.1:9000", true, t0 + PARTIAL_TTL);
+        assert_eq!(listed(t0 + PARTIAL_TTL), ["d1", "s1"]);
+        // Once expired, hearsay may bring an entry back, for one TTL (it is news again).
+        let late = t0 + ENTRY_TTL + PARTIAL_TTL;
+        book.learn_hearsay(cid, "d2", "10.0.0.2:9000", true, late);
+        assert_eq!(listed(late), ["d2"]);
+        assert!(listed(late + PARTIAL_TTL).is_empty());
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! "tracker unreachable" error instead of a hang, and runs in a `tracker_call` span (the RPC and
 //! the tracker's address) so a peer's debug log shows which call a line belongs to.
 //!
+//! A tracker that did not answer (no connection, or no answer in time) is not waited on again:
+//! the next call dials a fresh connection (the old one may be a dead TCP connection whose
+//! retransmissions back off for seconds after a pulled cable comes back) and has a short
+//! deadline ([`PROBE_TIMEOUT`]) until the tracker answers again, so a peer's heartbeat loop can
+//! probe often and re-register within a heartbeat of the tracker coming back.
+//!
 //! Bounded both ways: a catalog too large for one request registers in batches (one `Register`,
 //! then `Register` with `append`), and listings are gathered page by page up to a bounded number
 //! of entries, pages and seconds, whatever the tracker answers.
@@ -12,6 +18,7 @@ use crate::pb::tracker as pb;
 use crate::pb::tracker::tracker_client::TrackerClient;
 use prost::Message;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -19,6 +26,10 @@ use tracing::Instrument;
 
 /// Deadline of one call to the tracker.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of a call while the tracker is unreachable (the last call got no answer): a probe.
+/// A tracker that is up answers within a few round trips; one that is not costs the caller (and
+/// the heartbeat loop's next probe) this much, not [`CALL_TIMEOUT`].
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most bytes of catalog entries in one `Register`: the tracker's request limit less room for
 /// the other fields (a peer id, a host name and a token are well under 1 KiB).
 const BATCH_BYTES: usize = crate::tracker::MAX_REQUEST_BYTES - 16 * 1024;
@@ -149,7 +160,10 @@ fn batches(files: Vec<pb::FileEntry>, budget: usize) -> Vec<Vec<pb::FileEntry>> 
 #[derive(Debug)]
 pub(crate) struct TrackerLink {
     address: String,
-    client: TrackerClient<ClientChannel>,
+    /// Replaced by a fresh (not yet connected) channel when a call gets no answer.
+    client: Mutex<TrackerClient<ClientChannel>>,
+    /// False from a call that got no answer until one that does.
+    reachable: AtomicBool,
     security: ClientSecurity,
     peer_id: String,
     port: u16,
@@ -175,7 +189,8 @@ impl TrackerLink {
             })?;
         Ok(TrackerLink {
             address: address.to_string(),
-            client: TrackerClient::new(channel),
+            client: Mutex::new(TrackerClient::new(channel)),
+            reachable: AtomicBool::new(true),
             security: security.clone(),
             peer_id: peer_id.to_string(),
             port,
@@ -196,13 +211,46 @@ impl TrackerLink {
         *self.session.lock().unwrap_or_else(|e| e.into_inner()) = session;
     }
 
+    /// Whether the last call got an answer (any answer, a refusal included) rather than none.
+    pub(crate) fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// The deadline of the next call: [`PROBE_TIMEOUT`] while the tracker is unreachable.
+    pub(crate) fn call_timeout(&self) -> Duration {
+        if self.reachable() {
+            CALL_TIMEOUT
+        } else {
+            PROBE_TIMEOUT
+        }
+    }
+
+    fn client(&self) -> TrackerClient<ClientChannel> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Notes that a call got no answer: the next call dials a fresh connection instead of
+    /// waiting on this one (calls in flight keep theirs), and has a probe's deadline.
+    fn unreachable(&self) {
+        self.reachable.store(false, Ordering::Relaxed);
+        // The address was accepted by `new`, so this does not fail; if it did, the old channel
+        // stays (tonic redials it once its connection is seen to be broken).
+        if let Ok(channel) = self.security.channel(&self.address) {
+            *self.client.lock().unwrap_or_else(|e| e.into_inner()) = TrackerClient::new(channel);
+        }
+    }
+
     fn token(&self) -> Result<String, TrackerLinkError> {
         self.session()
             .map(|s| s.token)
             .ok_or(TrackerLinkError::NotRegistered)
     }
 
-    /// Makes the call `rpc` (named for the span) with the deadline [`CALL_TIMEOUT`].
+    /// Makes the call `rpc` (named for the span) with the deadline [`CALL_TIMEOUT`]
+    /// ([`PROBE_TIMEOUT`] while the tracker is unreachable).
     async fn call<T, F, Fut>(&self, rpc: &'static str, f: F) -> Result<T, TrackerLinkError>
     where
         F: FnOnce(TrackerClient<ClientChannel>) -> Fut,
@@ -214,8 +262,9 @@ impl TrackerLink {
         };
         let span = tracing::debug_span!("tracker_call", rpc, tracker = %self.address);
         async move {
-            let result = match tokio::time::timeout(CALL_TIMEOUT, f(self.client.clone())).await {
-                Err(_) => Err(unreachable(format!("no answer within {CALL_TIMEOUT:?}"))),
+            let deadline = self.call_timeout();
+            let result = match tokio::time::timeout(deadline, f(self.client())).await {
+                Err(_) => Err(unreachable(format!("no answer within {deadline:?}"))),
                 Ok(Ok(response)) => Ok(response.into_inner()),
                 // Transport failures surface as UNAVAILABLE (or UNKNOWN with a transport cause,
                 // as when a plaintext client meets a TLS server).
@@ -224,6 +273,10 @@ impl TrackerLink {
                     None => Err(TrackerLinkError::Rejected(status)),
                 },
             };
+            match &result {
+                Err(TrackerLinkError::Unreachable { .. }) => self.unreachable(),
+                _ => self.reachable.store(true, Ordering::Relaxed),
+            }
             // The caller decides how much a failure matters; following a call needs to see it.
             if let Err(e) = &result {
                 tracing::debug!("failed: {e}");

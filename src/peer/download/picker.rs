@@ -11,13 +11,31 @@
 //!   the in-flight unit with the fewest helpers; the first verified copy wins and the download
 //!   ends the moment the last piece is verified (the caller cancels the stragglers).
 //!
-//! Units are handed out on demand, so a fast holder does more than a slow one. A unit whose
+//! Units are handed out on demand, so a fast holder does more than a slow one; and once a
+//! holder's rate is known its units are cut to about [`UNIT_TIME`] of one of its streams
+//! ([`unit_for_rate`]), so that a slow holder's last units do not hold up the end (with holders
+//! at 50 and 400 Mbit/s, a 2 MiB unit takes the slow one's stream 0.7 s, the whole of a 64 MiB
+//! download). A unit whose
 //! fetch ends (done or failed) is released; its pieces not done become free again.
 
 use crate::chunking::{Bitfield, PieceIndex};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::ops::Range;
+
+/// How long a unit should keep one of its holder's streams busy, once the holder's rate is
+/// known: many round trips (so requests stay few next to the data), and short next to a
+/// download (so the slowest holder's last unit ends about when the others' do).
+pub(crate) const UNIT_TIME: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The unit, in pieces, for a holder delivering `bytes_per_sec` over `streams` streams: about
+/// [`UNIT_TIME`] of one stream's data, at least one piece and at most `max` pieces.
+pub(crate) fn unit_for_rate(bytes_per_sec: f64, piece_size: u32, streams: usize, max: u64) -> u64 {
+    let per_stream = bytes_per_sec / streams.max(1) as f64;
+    let pieces = per_stream * UNIT_TIME.as_secs_f64() / f64::from(piece_size.max(1));
+    // `as` saturates (NaN gives 0), so any rate gives a unit within bounds.
+    (pieces as u64).clamp(1, max.max(1))
+}
 
 /// Identifies a connected holder within one download.
 pub(crate) type HolderKey = u64;
@@ -29,6 +47,19 @@ pub(crate) struct Assignment {
     pub id: u64,
     /// The pieces to fetch, contiguous, all held by the holder.
     pub pieces: Range<PieceIndex>,
+}
+
+/// How much of a unit in flight with another holder (its owner) a holder may duplicate in
+/// endgame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Help {
+    /// All that is not done: the helper is clearly faster, or the owner is stalled or not
+    /// measured yet. The first copy of each piece wins.
+    All,
+    /// The back half only: the helper is no faster. Taking everything would send the same
+    /// bytes twice at the same pace (waste on a shared link); from the back, each does half
+    /// and the owner stops where the helper's pieces begin.
+    BackHalf,
 }
 
 /// What a holder's worker should do next.
@@ -168,12 +199,26 @@ impl Picker {
     }
 
     /// The next unit for `holder`, which has the pieces in `has`.
+    #[cfg(test)]
     pub(crate) fn next(&mut self, holder: HolderKey, has: &Bitfield) -> Next {
+        self.next_up_to(holder, has, u64::MAX, |_| Help::All)
+    }
+
+    /// The next unit for `holder`, which has the pieces in `has`, of at most `max_unit` pieces
+    /// (and at most the picker's unit). In endgame, `help(owner)` says how much of a unit in
+    /// flight with `owner` this holder may duplicate.
+    pub(crate) fn next_up_to(
+        &mut self,
+        holder: HolderKey,
+        has: &Bitfield,
+        max_unit: u64,
+        help: impl Fn(HolderKey) -> Help,
+    ) -> Next {
         if self.remaining == 0 {
             return Next::Done;
         }
         let n = self.piece_count();
-        let unit = self.unit_pieces;
+        let unit = self.unit_pieces.min(max_unit.max(1));
         // Run heads: free pieces that start a free run or a unit boundary, so units stay long.
         let mut rarest = u32::MAX;
         let mut heads: Vec<u64> = Vec::new();
@@ -201,12 +246,19 @@ impl Picker {
             }
             return self.assign(holder, start..end);
         }
-        self.endgame(holder, has)
+        self.endgame(holder, has, unit, help)
     }
 
     /// Helps with the unit in flight elsewhere that has the fewest helpers, unless this holder
-    /// already works on it; only pieces the holder has.
-    fn endgame(&mut self, holder: HolderKey, has: &Bitfield) -> Next {
+    /// already works on it; only pieces the holder has, at most `unit` of them, and only as
+    /// much as `help` says.
+    fn endgame(
+        &mut self,
+        holder: HolderKey,
+        has: &Bitfield,
+        unit: u64,
+        help: impl Fn(HolderKey) -> Help,
+    ) -> Next {
         let mut best: Option<(usize, Range<PieceIndex>)> = None;
         for f in &self.in_flight {
             if f.holder == holder {
@@ -223,7 +275,13 @@ impl Picker {
             let end = (start..f.pieces.end)
                 .find(|&p| self.done[p as usize] || !has.has(p))
                 .unwrap_or(f.pieces.end);
-            let pieces = start..end;
+            let start = match help(f.holder) {
+                Help::All => start,
+                // Nothing to split in a single piece: the owner has it nearly in.
+                Help::BackHalf if end - start < 2 => continue,
+                Help::BackHalf => start + (end - start).div_ceil(2),
+            };
+            let pieces = start..end.min(start + unit);
             let overlaps =
                 |g: &InFlight| g.pieces.start < pieces.end && pieces.start < g.pieces.end;
             if self
@@ -386,5 +444,75 @@ mod tests {
         assert_eq!(Picker::unit_pieces(4096, 64 << 10, 1), 64);
         assert_eq!(Picker::unit_pieces(4096, 16 << 20, 1), 1);
         assert_eq!(Picker::unit_pieces(3, 64 << 10, 16), 1);
+    }
+
+    /// A slow holder's units last about `UNIT_TIME` per stream; a fast one's stay at the
+    /// download's unit; any rate gives a unit within bounds.
+    #[test]
+    fn units_follow_the_holders_rate() {
+        let piece = 256 << 10;
+        // 50 Mbit/s over 2 streams: 3.1 MB/s each, 0.78 MB in 250 ms: 2 pieces of 256 KiB.
+        assert_eq!(unit_for_rate(6.25e6, piece, 2, 8), 2);
+        // 400 Mbit/s: 6.25 MB per stream in 250 ms, more than the unit of 8.
+        assert_eq!(unit_for_rate(50e6, piece, 2, 8), 8);
+        assert_eq!(unit_for_rate(0.0, piece, 2, 8), 1);
+        assert_eq!(unit_for_rate(f64::NAN, piece, 0, 0), 1);
+        assert_eq!(unit_for_rate(f64::INFINITY, piece, 2, 8), 8);
+
+        // A unit cut short, and in endgame, help cut short too.
+        let mut picker = Picker::new(vec![false; 8], 4, 5);
+        let full = Bitfield::full(8);
+        picker.add_holder(&full);
+        picker.add_holder(&full);
+        let first = fetch(picker.next_up_to(0, &full, 1, |_| Help::All));
+        assert_eq!(first.pieces.end - first.pieces.start, 1);
+        let mut fast = Vec::new();
+        while let Next::Fetch(a) = picker.next(1, &full) {
+            if a.pieces.contains(&first.pieces.start) {
+                // Endgame: holder 1 helps with holder 0's unit.
+                assert_eq!(a.pieces, first.pieces);
+                break;
+            }
+            assert!(a.pieces.end - a.pieces.start <= 4);
+            fast.push(a);
+        }
+        let covered: u64 = fast.iter().map(|a| a.pieces.end - a.pieces.start).sum();
+        assert_eq!(covered, 7, "the fast holder took the rest: {fast:?}");
+    }
+
+    /// In endgame a holder no faster than the owner takes the back half of what is left; a
+    /// single piece left is not split.
+    #[test]
+    fn a_helper_no_faster_takes_the_back_half() {
+        let mut picker = Picker::new(vec![false; 8], 8, 6);
+        let full = Bitfield::full(8);
+        picker.add_holder(&full);
+        picker.add_holder(&full);
+        let owned = fetch(picker.next(0, &full));
+        assert_eq!(owned.pieces, 0..8);
+        picker.complete(0);
+        picker.complete(1);
+        let help = fetch(picker.next_up_to(1, &full, u64::MAX, |_| Help::BackHalf));
+        assert_eq!(help.pieces, 5..8, "the back half of 2..8");
+        // A third holder, no faster either, takes a back half too.
+        let third = fetch(picker.next_up_to(2, &full, u64::MAX, |_| Help::BackHalf));
+        assert!(
+            third.pieces.start >= 2 && third.pieces.end <= 8,
+            "{third:?}"
+        );
+        for p in 2..7 {
+            picker.complete(p);
+        }
+        picker.release(help.id);
+        picker.release(third.id);
+        assert_eq!(
+            picker.next_up_to(1, &full, u64::MAX, |_| Help::BackHalf),
+            Next::Wait
+        );
+        // A faster one takes it.
+        assert_eq!(
+            fetch(picker.next_up_to(1, &full, u64::MAX, |_| Help::All)).pieces,
+            7..8
+        );
     }
 }

@@ -26,6 +26,7 @@ use crate::grpc::{ChannelPool, ClientSecurity};
 use crate::peer::book::SwarmBook;
 use crate::peer::store::GrowingFile;
 use crate::progress::Progress;
+use exchange::Heard;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod exchange;
+mod session;
+
+use session::Session;
 
 /// Default number of holders one download is connected to at once.
 pub const DEFAULT_MAX_HOLDERS: usize = 12;
@@ -60,12 +64,6 @@ const PEX_FANOUT: usize = 2;
 struct Report {
     bytes: u64,
     dropped: Option<String>,
-}
-
-/// A connected holder.
-struct Session {
-    peer_id: String,
-    has: Bitfield,
 }
 
 /// The state behind the transfer's one lock (never held across an `.await`).
@@ -230,8 +228,13 @@ impl Transfer {
         let State {
             picker, sessions, ..
         } = &mut *state;
+        let now = Instant::now();
         match sessions.get(&key) {
-            Some(session) => picker.next(key, &session.has),
+            Some(session) => {
+                let max_unit = session.unit(now, self.manifest.geometry().piece_size());
+                let help = |owner| session.help(sessions.get(&owner), now);
+                picker.next_up_to(key, &session.has, max_unit, help)
+            }
             None => Next::Done,
         }
     }
@@ -253,13 +256,7 @@ impl Transfer {
             let mut state = self.lock();
             state.picker.add_holder(&has);
             state.reports.entry(peer_id.to_string()).or_default();
-            state.sessions.insert(
-                key,
-                Session {
-                    peer_id: peer_id.to_string(),
-                    has,
-                },
-            );
+            state.sessions.insert(key, Session::new(peer_id, has));
         }
         self.changed.notify_waiters();
     }
@@ -306,8 +303,12 @@ impl Transfer {
         if !state.picker.complete(piece) {
             return; // A duplicate in endgame.
         }
-        state.last_progress = Instant::now();
-        let peer_id = state.sessions.get(&key).map(|s| s.peer_id.clone());
+        let now = Instant::now();
+        state.last_progress = now;
+        let peer_id = state.sessions.get_mut(&key).map(|s| {
+            s.delivered(len, now);
+            s.peer_id.clone()
+        });
         if let Some(peer_id) = &peer_id {
             state.reports.entry(peer_id.clone()).or_default().bytes += len;
             state.known.delivered(peer_id);
@@ -513,10 +514,10 @@ impl Transfer {
                 }
                 holders = async { tracker_call.as_mut().expect("guarded").await }, if tracker_call.is_some() => {
                     tracker_call = None;
-                    self.learn(holders);
+                    self.learn(holders, Heard::Tracker);
                 }
                 Some(Ok(holders)) = exchanges.join_next(), if !exchanges.is_empty() => {
-                    self.learn(holders);
+                    self.learn(holders, Heard::Exchange);
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}

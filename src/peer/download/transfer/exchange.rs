@@ -10,9 +10,21 @@ use rand::seq::IteratorRandom;
 use std::time::Instant;
 use tokio::task::JoinSet;
 
+/// Where a download heard of holders: what it tells this peer's [`SwarmBook`](crate::peer::book)
+/// (which answers other peers' exchanges).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::peer::download) enum Heard {
+    /// The tracker listed them (it drops the silent): first-hand, refreshes the book.
+    Tracker,
+    /// A holder's `GetHolders` answer: hearsay, added to the book but never refreshing it.
+    Exchange,
+    /// This peer's own book: nothing to tell it.
+    Book,
+}
+
 impl Transfer {
-    /// Learns holders (from the tracker or peer exchange), never this peer itself.
-    pub(super) fn learn(&self, holders: impl IntoIterator<Item = HolderAddr>) {
+    /// Learns holders, never this peer itself; tells the book as `heard` says.
+    pub(super) fn learn(&self, holders: impl IntoIterator<Item = HolderAddr>, heard: Heard) {
         let now = Instant::now();
         let content_id = self.manifest.content_id();
         let mut fresh = 0;
@@ -24,9 +36,14 @@ impl Transfer {
             if state.known.learn(&h.peer_id, &h.address, h.partial) {
                 fresh += 1;
             }
-            self.setup
-                .book
-                .learn(content_id, &h.peer_id, &h.address, h.partial, now);
+            let book = &self.setup.book;
+            match heard {
+                Heard::Tracker => book.learn(content_id, &h.peer_id, &h.address, h.partial, now),
+                Heard::Exchange => {
+                    book.learn_hearsay(content_id, &h.peer_id, &h.address, h.partial, now)
+                }
+                Heard::Book => {}
+            }
         }
         drop(state);
         if fresh > 0 {
@@ -69,11 +86,15 @@ impl Transfer {
             &self.setup.my_id,
             Instant::now(),
         );
-        self.learn(heard.into_iter().map(|h| HolderAddr {
-            peer_id: h.peer_id,
-            address: h.address,
-            partial: h.partial,
-        }));
+        // Not written back: re-learning its own entries would keep them fresh forever.
+        self.learn(
+            heard.into_iter().map(|h| HolderAddr {
+                peer_id: h.peer_id,
+                address: h.address,
+                partial: h.partial,
+            }),
+            Heard::Book,
+        );
         let links: Vec<Link> = {
             let mut state = self.lock();
             let State {
