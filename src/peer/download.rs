@@ -97,7 +97,7 @@ pub(crate) struct Context<'a> {
 /// or `cancel` fires.
 /// How long a finished download waits for the tracker to acknowledge its announcement before
 /// reporting anyway (the announcement continues in the background).
-const ANNOUNCE_WAIT: Duration = Duration::from_millis(100);
+const ANNOUNCE_WAIT: Duration = Duration::from_millis(50);
 
 pub(crate) async fn run(
     ctx: &Context<'_>,
