@@ -80,30 +80,14 @@ pub(crate) fn tcp_copy(
     };
     let started = Instant::now();
     let mut sync = Duration::ZERO;
-    let copied = (|| -> std::io::Result<u64> {
-        let mut socket = socket;
-        socket.set_nonblocking(false)?;
-        socket.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut out = std::fs::File::create(dest)?;
-        let mut buf = vec![0u8; COPY_BUFFER];
-        let mut total = 0u64;
-        loop {
-            let n = match socket.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            out.write_all(&buf[..n])?;
-            total += n as u64;
-        }
+    let copied = copy_to_file(socket, dest).and_then(|total| {
         if durable {
             let syncing = Instant::now();
-            out.sync_data()?;
+            std::fs::File::open(dest)?.sync_data()?;
             sync = syncing.elapsed();
         }
         Ok(total)
-    })();
+    });
     let elapsed = started.elapsed();
     let status = wait_bounded(&mut child, Duration::from_secs(30))?;
     let copied = copied?;
@@ -117,4 +101,26 @@ pub(crate) fn tcp_copy(
         total: elapsed,
         sync,
     })
+}
+
+/// Copies what arrives on `socket` to a new file `dest`, to the end (bounded by a read timeout),
+/// with [`COPY_BUFFER`] reads: the receiving half of every plain TCP copy the bench measures.
+pub(crate) fn copy_to_file(socket: std::net::TcpStream, dest: &Path) -> std::io::Result<u64> {
+    let mut socket = socket;
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut out = std::fs::File::create(dest)?;
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = match socket.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    Ok(total)
 }

@@ -13,12 +13,11 @@ pub(crate) mod net;
 #[path = "../../../tests/netns/swarm.rs"]
 pub(crate) mod swarm;
 
-use crate::baseline::TCP_SEND_SUBCOMMAND;
+use crate::baseline::{copy_to_file, TCP_SEND_SUBCOMMAND};
 use crate::child::wait_bounded;
 use crate::error::BenchError;
-use crate::files::COPY_BUFFER;
 use net::Net;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -171,27 +170,6 @@ fn receive_all(
         )));
     }
     Ok(elapsed)
-}
-
-/// Copies what arrives on `socket` to a new file `dest`, to the end (bounded by a read timeout).
-fn copy_to_file(socket: std::net::TcpStream, dest: &Path) -> std::io::Result<u64> {
-    let mut socket = socket;
-    socket.set_nonblocking(false)?;
-    socket.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut out = std::fs::File::create(dest)?;
-    let mut buf = vec![0u8; COPY_BUFFER];
-    let mut total = 0u64;
-    loop {
-        let n = match socket.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        out.write_all(&buf[..n])?;
-        total += n as u64;
-    }
-    Ok(total)
 }
 
 /// A cable to pull during a download.

@@ -83,15 +83,7 @@ pub(crate) fn download_row(
     };
     let mut notes = Vec::new();
     if let Some(last) = ok.last() {
-        let total: u64 = last.holders.iter().map(|(_, b)| *b).sum();
-        if last.holders.len() > 1 && total > 0 {
-            let shares: Vec<String> = last
-                .holders
-                .iter()
-                .map(|(id, b)| format!("{id} {:.0}%", 100.0 * *b as f64 / total as f64))
-                .collect();
-            notes.push(format!("shares (last run): {}", shares.join(", ")));
-        }
+        notes.extend(shares_note(&last.holders));
         let all: Vec<String> = ok.iter().map(|r| format!("{:.3}", r.seconds)).collect();
         notes.push(format!("runs: {} s", all.join(" / ")));
     }
@@ -115,6 +107,20 @@ pub(crate) fn download_row(
         },
         notes: notes.join("; "),
     }
+}
+
+/// "shares (last run): A 33%, B 67%": what each holder delivered of a run, when more than one
+/// did.
+pub(crate) fn shares_note(holders: &[(String, u64)]) -> Option<String> {
+    let total: u64 = holders.iter().map(|(_, b)| *b).sum();
+    if holders.len() < 2 || total == 0 {
+        return None;
+    }
+    let shares: Vec<String> = holders
+        .iter()
+        .map(|(id, b)| format!("{id} {:.0}%", 100.0 * *b as f64 / total as f64))
+        .collect();
+    Some(format!("shares (last run): {}", shares.join(", ")))
 }
 
 /// The row of a scenario that could not run.

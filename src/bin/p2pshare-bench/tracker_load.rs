@@ -9,7 +9,7 @@
 //! machine.
 
 use crate::child::{LoadReport, TrackerLoadReport};
-use crate::memory::{peak_rss, reset_peak_rss};
+use crate::memory::{cpu_seconds, peak_rss, reset_peak_rss};
 use crate::report::percentile;
 use p2pshare::chunking::ContentId;
 use p2pshare::pb::tracker as tpb;
@@ -191,34 +191,6 @@ impl Tally {
         }
     }
 }
-
-/// CPU seconds (user + system) process `pid` has spent, from `/proc/PID/stat` (NaN where that
-/// cannot be read). In clock ticks of 10 ms: a slice of 0.5 s is measured within a few percent,
-/// a whole measurement (10 slices) within about 1 %.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // Fields after the command name (which may hold spaces, and ends at the last ')'):
-    // state is field 3, utime 14, stime 15.
-    let Some(fields) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-        return f64::NAN;
-    };
-    let ticks: Vec<f64> = fields
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    match ticks[..] {
-        [user, system] => (user + system) / CLOCK_TICKS_PER_SECOND,
-        _ => f64::NAN,
-    }
-}
-
-/// `sysconf(_SC_CLK_TCK)` on Linux (100 on every architecture the kernel exports to user space
-/// through `/proc`).
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// `rpc` from every connection, `depth` calls in flight on each, for `length`: the latencies
 /// of the calls answered, the calls that failed, and the seconds it took.

@@ -12,8 +12,8 @@
 //!   GiB on the reference machine), and the disk writes while data arrives instead of after.
 //!   Measured there: `dd oflag=direct bs=256K` wrote 1.1-1.3 GB/s where a buffered write plus
 //!   fdatasync managed 0.3-0.65 GB/s.
-//! * **Otherwise, writeback as pieces land.** Where `O_DIRECT` is refused (tmpfs, some network
-//!   file systems, an unaligned last piece), pieces are written through the page cache and, each
+//! * **Otherwise, writeback as pieces land.** Where the file cannot be opened with `O_DIRECT`
+//!   (some file systems), pieces are written through the page cache and, each
 //!   time [`WRITEBACK_CHUNK`] such bytes are written, the writeback thread runs `fdatasync` while
 //!   the pieces keep landing. Dirty data is bounded: when [`MAX_UNSYNCED`] bytes wait behind a
 //!   running sync, the writers wait for it (the download slows to the disk's speed instead of
@@ -80,7 +80,20 @@ impl PieceWriter {
         path: &Path,
         durable: bool,
     ) -> io::Result<PieceWriter> {
-        let writeback = if durable {
+        let direct = if durable { open_direct(path) } else { None };
+        Self::start_with(manifest, file, direct, durable)
+    }
+
+    /// As [`PieceWriter::start`], with the direct file (if any) already opened.
+    fn start_with(
+        manifest: Arc<Manifest>,
+        file: &std::fs::File,
+        direct: Option<std::fs::File>,
+        durable: bool,
+    ) -> io::Result<PieceWriter> {
+        // With direct I/O only a last piece of odd length goes through the page cache, and the
+        // final fsync takes it: the writeback thread is for where direct I/O is refused.
+        let writeback = if durable && direct.is_none() {
             let wb = Arc::new(Writeback::default());
             let sync_file = file.try_clone()?;
             let thread_wb = wb.clone();
@@ -91,7 +104,6 @@ impl PieceWriter {
         } else {
             None
         };
-        let direct = if durable { open_direct(path) } else { None };
         let sink = Arc::new(Sink {
             manifest,
             buffered: file.try_clone()?,
@@ -181,7 +193,8 @@ struct Sink {
     buffered: std::fs::File,
     /// The file with `O_DIRECT`, if the file system allows it.
     direct: Option<std::fs::File>,
-    /// A direct write was refused (EINVAL): every piece goes through the page cache from then on.
+    /// A direct write was refused (EINVAL): every piece goes through the page cache from then on
+    /// (without background writeback: the final fsync does it).
     direct_refused: AtomicBool,
     writeback: Option<Arc<Writeback>>,
 }
@@ -340,7 +353,18 @@ mod tests {
         (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
     }
 
-    fn run_writes(durable: bool) {
+    /// How a test writer writes.
+    #[derive(Clone, Copy)]
+    enum Mode {
+        /// Page cache, never synced.
+        Volatile,
+        /// Direct I/O where the file system allows it (the temporary directory's).
+        Durable,
+        /// Page cache with the background writeback (as where direct I/O is refused).
+        DurableBuffered,
+    }
+
+    fn run_writes(mode: Mode) {
         let bytes = data(3 * 64 * 1024 + 1000);
         let manifest = Arc::new(Manifest::from_reader(&bytes[..], bytes.len() as u64).unwrap());
         let geometry = manifest.geometry();
@@ -358,7 +382,20 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let writer = PieceWriter::start(manifest.clone(), &file, &path, durable).unwrap();
+            let writer = match mode {
+                Mode::Volatile => PieceWriter::start(manifest.clone(), &file, &path, false),
+                Mode::Durable => PieceWriter::start(manifest.clone(), &file, &path, true),
+                Mode::DurableBuffered => {
+                    PieceWriter::start_with(manifest.clone(), &file, None, true)
+                }
+            }
+            .unwrap();
+            assert_eq!(
+                writer.writeback.is_some(),
+                matches!(mode, Mode::DurableBuffered)
+                    || (matches!(mode, Mode::Durable) && open_direct(&path).is_none()),
+                "a writeback thread exactly where durable pieces go through the page cache"
+            );
             // Out of order, as several holders deliver them.
             for piece in (0..geometry.piece_count()).rev() {
                 let range = geometry.piece_bytes(piece);
@@ -391,8 +428,9 @@ mod tests {
 
     #[test]
     fn pieces_written_in_any_order_make_the_file() {
-        run_writes(false);
-        run_writes(true);
+        run_writes(Mode::Volatile);
+        run_writes(Mode::Durable);
+        run_writes(Mode::DurableBuffered);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::baseline::tcp_copy;
 use crate::child::wait_bounded;
 use crate::crowd::parse_get_line;
 use crate::error::BenchError;
-use crate::report::{median, ratio, Row};
+use crate::memory::{cpu_seconds, waited_children_cpu_seconds};
+use crate::report::{median, ratio, shares_note, Row};
 use crate::swarm::{start_tracker, stop_tracker, DataFile};
 use p2pshare::chunking::ContentId;
 use p2pshare::human;
@@ -28,8 +29,6 @@ use std::time::{Duration, Instant};
 const HOLDERS_READY: Duration = Duration::from_secs(30);
 /// How long a holder may take to leave after SIGTERM before it is killed.
 const HOLDER_STOP: Duration = Duration::from_secs(10);
-/// Clock ticks per second of `/proc/*/stat` times (USER_HZ: 100 on every Linux this runs on).
-const USER_HZ: f64 = 100.0;
 
 /// One downloader run.
 struct GetRun {
@@ -62,11 +61,7 @@ impl Drop for Holders {
 impl Holders {
     /// CPU seconds (user + system) the holders have used so far.
     fn cpu(&self) -> f64 {
-        self.0
-            .iter()
-            .filter_map(|(_, c)| proc_times(&format!("/proc/{}/stat", c.id())))
-            .map(|t| t.own)
-            .sum()
+        self.0.iter().map(|(_, c)| cpu_seconds(c.id())).sum()
     }
 
     /// SIGTERM (they leave the tracker), then a bounded wait, then kill.
@@ -81,29 +76,6 @@ impl Holders {
         }
         self.0.clear();
     }
-}
-
-/// CPU times from a `/proc/<pid>/stat` file, in seconds.
-struct ProcTimes {
-    /// utime + stime.
-    own: f64,
-    /// cutime + cstime: children waited for.
-    children: f64,
-}
-
-fn proc_times(path: &str) -> Option<ProcTimes> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // Fields after the command name (which may hold spaces), from field 3 (state) on.
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .collect();
-    let tick = |i: usize| -> Option<f64> { Some(fields.get(i)?.parse::<f64>().ok()? / USER_HZ) };
-    // utime, stime, cutime, cstime are fields 14-17 (indices 11-14 here).
-    Some(ProcTimes {
-        own: tick(11)? + tick(12)?,
-        children: tick(13)? + tick(14)?,
-    })
 }
 
 /// The final fsync in a `get` line (`..., final fsync 12.3 ms`), in milliseconds.
@@ -228,7 +200,7 @@ impl Runner<'_> {
         holders: &Holders,
     ) -> Result<GetRun, BenchError> {
         let (out_path, err_path) = (dir.join(format!("{id}.out")), dir.join(format!("{id}.err")));
-        let children_before = proc_times("/proc/self/stat").map_or(0.0, |t| t.children);
+        let children_before = waited_children_cpu_seconds();
         let holders_before = holders.cpu();
         let started = Instant::now();
         let child = Command::new(peer_exe)
@@ -249,8 +221,7 @@ impl Runner<'_> {
         let limit = super::limit_for(data.size * 2);
         let seconds = downloader.wait_all(started, limit)?;
         let cpu_holders = holders.cpu() - holders_before;
-        let cpu_downloader =
-            proc_times("/proc/self/stat").map_or(0.0, |t| t.children) - children_before;
+        let cpu_downloader = waited_children_cpu_seconds() - children_before;
         let process = &downloader.0[0];
         let out = std::fs::read_to_string(&out_path).unwrap_or_default();
         let err = std::fs::read_to_string(&err_path).unwrap_or_default();
@@ -399,17 +370,7 @@ fn get_row(
             median(runs.iter().map(|r| r.cpu_holders / gib)).unwrap_or(f64::NAN),
         ),
     ];
-    if let Some(last) = runs.last() {
-        let total: u64 = last.holders.iter().map(|(_, b)| *b).sum();
-        if last.holders.len() > 1 && total > 0 {
-            let shares: Vec<String> = last
-                .holders
-                .iter()
-                .map(|(id, b)| format!("{id} {:.0}%", 100.0 * *b as f64 / total as f64))
-                .collect();
-            notes.push(format!("shares (last run): {}", shares.join(", ")));
-        }
-    }
+    notes.extend(runs.last().and_then(|last| shares_note(&last.holders)));
     Row {
         scenario: format!(
             "get: {holders} holder process(es) -> `peer --exec get`, durable into files/ (process start to exit)"
@@ -438,11 +399,5 @@ mod tests {
             parse_sync_ms("got x (1 B, id 1) from 1 holder(s) [A 1 B] in 1 s, 1.0 MB/s\n"),
             None
         );
-    }
-
-    #[test]
-    fn cpu_times_are_read_from_proc() {
-        let t = proc_times("/proc/self/stat").expect("own stat");
-        assert!(t.own >= 0.0 && t.children >= 0.0);
     }
 }
