@@ -477,6 +477,48 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pieces_that_matched_are_recorded_and_not_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let store = Arc::new(store);
+        let data = pattern(1 << 20);
+        let path = store.files_dir().join("f");
+        std::fs::write(&path, &data).unwrap();
+        store.rescan().unwrap();
+        let manifest = Arc::new(manifest_with_pieces(&data, 65536));
+        let pieces = manifest.geometry().piece_count();
+        let stamp = FileStamp::of(&std::fs::metadata(&path).unwrap());
+        let checked = CheckedFiles::default().of(manifest.content_id(), stamp, pieces);
+        let with = |checked: &Arc<super::verify::CheckedPieces>| {
+            let mut job = job_over(
+                &path,
+                manifest.clone(),
+                store.clone(),
+                0..data.len() as u64,
+                CancellationToken::new(),
+            );
+            job.check = PieceCheck::new(manifest.clone(), store.clone(), checked.clone());
+            job
+        };
+        // A whole stream checks, and records, every piece.
+        let (sent, end) = split_end(received(with(&checked)).await, 0);
+        assert!(end.is_none() && sent == data, "{end:?}");
+        assert!((0..pieces).all(|p| checked.is_checked(p)));
+        // A change the record does not show (the same record kept, as within one clock tick) is
+        // not looked for: the pieces are served unhashed. (Any real change moves the stamp, and
+        // `CheckedFiles::of` then starts a fresh record: see the verify tests.)
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[data[70_000] ^ 0xff], 70_000).unwrap();
+        let (sent, end) = split_end(received(with(&checked)).await, 0);
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(sent[70_000], data[70_000] ^ 0xff);
+        // With a fresh record the same stream ends DATA_LOSS before piece 1 goes out whole.
+        let fresh = CheckedFiles::default().of(manifest.content_id(), stamp, pieces);
+        let (_, end) = split_end(received(with(&fresh)).await, 0);
+        assert_eq!(end.map(|s| s.code()), Some(tonic::Code::DataLoss));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_shorter_than_shared_ends_the_stream_with_data_loss() {
         let dir = tempfile::tempdir().unwrap();
         let data = vec![7u8; 300 * 1024];

@@ -344,6 +344,36 @@ mod tests {
     }
 
     #[test]
+    fn the_got_line_ends_with_the_final_fsync_when_there_was_one() {
+        let mut report = crate::peer::download::DownloadReport {
+            name: "big.bin".into(),
+            content_id: crate::chunking::ContentId::of(b"big"),
+            size: 1 << 30,
+            holders: vec![crate::peer::download::HolderReport {
+                peer_id: "A".into(),
+                bytes: 1 << 30,
+                dropped: None,
+            }],
+            elapsed: std::time::Duration::from_secs(2),
+            fetched: 1 << 30,
+            resumed: 0,
+            note: None,
+            already_had: false,
+            path: None,
+            sync: Some(std::time::Duration::from_micros(12_500)),
+        };
+        let line = text(|out| download(out, &report));
+        assert!(line.starts_with("got big.bin (1.0 GiB, id "), "{line}");
+        assert!(
+            line.trim_end().ends_with("MB/s, final fsync 12.5 ms"),
+            "{line}"
+        );
+        report.sync = None;
+        let line = text(|out| download(out, &report));
+        assert!(line.trim_end().ends_with("MB/s"), "{line}");
+    }
+
+    #[test]
     fn tables_align() {
         let out = text(|out| {
             table(
