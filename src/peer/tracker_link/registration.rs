@@ -240,18 +240,24 @@ impl TrackerLink {
     /// Asks the trackers before the current one, in list order, whether they answer again, and
     /// moves the registration to the first that does and takes it: with the session's token (a
     /// tracker sharing the store accepts it at once), else with the full `catalog`. Nothing
-    /// changes if none does. Bounded: at most [`FAILOVER_TIMEOUT`] per tracker asked, probes
-    /// of trackers that did not answer last at [`PROBE_TIMEOUT`].
+    /// changes if none does. Bounded: the questions together take at most
+    /// [`super::FAILOVER_TIMEOUT`] (each one its tracker's deadline: a probe's for a tracker
+    /// that did not answer last), and a registration as much as one does.
     pub(crate) async fn return_to_earlier(&self, catalog: impl Fn() -> Vec<pb::FileEntry>) {
         let Ok(token) = self.token() else { return };
+        let started = tokio::time::Instant::now();
         for at in 0..self.current() {
             let request = pb::HeartbeatRequest {
                 peer_id: self.peer_id.clone(),
                 session_token: token.clone(),
             };
             let tracker = &self.trackers[at];
+            let left = super::FAILOVER_TIMEOUT.saturating_sub(started.elapsed());
+            let Some(deadline) = policy::attempt_deadline(tracker.call_timeout(), left) else {
+                return;
+            };
             let answer = tracker
-                .call("Heartbeat", tracker.call_timeout(), |mut c| async move {
+                .call("Heartbeat", deadline, |mut c| async move {
                     c.heartbeat(request).await
                 })
                 .await;
