@@ -15,7 +15,7 @@ pub mod shell;
 pub mod store;
 pub(crate) mod tracker_link;
 
-pub use tracker_link::TrackerLinkError;
+pub use tracker_link::{TrackerLinkError, MAX_TRACKERS};
 mod watch;
 
 use crate::grpc::{ChannelPool, ClientSecurity, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa};
@@ -41,7 +41,7 @@ pub enum PeerError {
     /// The peer's folder is unusable.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The tracker address is malformed.
+    /// A tracker address is malformed, or more than [`MAX_TRACKERS`] are given.
     #[error(transparent)]
     Tracker(#[from] TrackerLinkError),
     /// The peer id is malformed.
@@ -59,8 +59,12 @@ pub struct PeerConfig {
     pub peer_id: String,
     /// The peer's directory (holding `files/`), normally `<root>/<peer_id>`.
     pub dir: PathBuf,
-    /// Tracker address, `host:port`.
+    /// Tracker address, `host:port`: the first tracker this peer registers with.
     pub tracker_address: String,
+    /// More trackers (`host:port` each), tried in this order after `tracker_address` when the
+    /// one in use does not answer ([`MAX_TRACKERS`] in all at most; a repeated address counts
+    /// once). Default: none.
+    pub fallback_trackers: Vec<String>,
     /// Host to advertise instead of the address the tracker observes (empty: observed).
     pub advertise_host: String,
     /// A holder silent this long during a download is given up on.
@@ -86,6 +90,7 @@ impl PeerConfig {
             peer_id: peer_id.to_string(),
             dir,
             tracker_address: tracker_address.to_string(),
+            fallback_trackers: Vec::new(),
             advertise_host: String::new(),
             stall_timeout: download::DEFAULT_STALL_TIMEOUT,
             max_holders: download::DEFAULT_MAX_HOLDERS,
@@ -129,6 +134,9 @@ pub struct StartInfo {
     pub hashed_bytes: u64,
     /// Registration outcome: Ok(advertised address) or the error (retried in the background).
     pub registration: Result<String, String>,
+    /// The tracker registered with (`host:port`), or, if none took the registration, the one
+    /// tried first.
+    pub tracker_address: String,
 }
 
 /// How long [`PeerNode::shutdown`] waits for the tracker to acknowledge `Leave`: the tracker
@@ -168,6 +176,11 @@ impl PeerNode {
         listener: TcpListener,
     ) -> Result<(Arc<PeerNode>, StartInfo), PeerError> {
         crate::names::validate_peer_id(&config.peer_id)?;
+        let (trackers, merged) =
+            tracker_link::policy::tracker_list(&config.tracker_address, &config.fallback_trackers)?;
+        for address in merged {
+            tracing::warn!("tracker {address} given more than once: asked once");
+        }
         let local_addr = listener.local_addr()?;
         let dir = config.dir.clone();
         let (store, created_folder, scan) = tokio::task::spawn_blocking(move || {
@@ -182,7 +195,7 @@ impl PeerNode {
         }
         let store = Arc::new(store);
         let tracker = Arc::new(TrackerLink::new(
-            &config.tracker_address,
+            &trackers,
             &config.peer_id,
             local_addr.port(),
             &config.advertise_host,
@@ -242,6 +255,7 @@ impl PeerNode {
             skipped: scan.skipped,
             hashed_bytes: scan.hashed_bytes,
             registration,
+            tracker_address: node.tracker.address().to_string(),
         };
         Ok((node, info))
     }
@@ -322,7 +336,13 @@ impl PeerNode {
         let count = catalog.len();
         let registration = self.tracker.register(catalog).await?;
         let session = registration.session;
-        tracing::info!(files = registration.files, of = count, address = %session.advertised_address, "registered with the tracker");
+        tracing::info!(
+            files = registration.files,
+            of = count,
+            address = %session.advertised_address,
+            tracker = %self.tracker.address(),
+            "registered with the tracker"
+        );
         Ok(session)
     }
 
@@ -347,10 +367,16 @@ impl PeerNode {
                 _ = tokio::time::sleep(wait) => {}
             }
             let beat = async {
-                match self.tracker.heartbeat().await {
+                let result = match self.tracker.heartbeat().await {
                     Err(TrackerLinkError::NotRegistered) => self.register().await.map(|_| ()),
                     other => other,
+                };
+                // On a tracker later in the list: now and then, see whether an earlier one is
+                // back (see tracker_link::policy).
+                if result.is_ok() && self.tracker.return_due() {
+                    self.tracker.return_to_earlier(|| self.catalog()).await;
                 }
+                result
             };
             // A tracker slow to answer must not hold up shutdown.
             let Some(result) = self.shutdown.run_until_cancelled(beat).await else {

@@ -28,9 +28,14 @@ struct Args {
     port: u16,
     /// The tracker: IP or host name, optionally with :PORT.
     tracker_ip: String,
-    /// Tracker port when TRACKER_IP has none.
+    /// Tracker port when TRACKER_IP (or a --tracker) has none.
     #[arg(long, default_value_t = 8000)]
     tracker_port: u16,
+    /// Another tracker of the swarm, HOST[:PORT] as TRACKER_IP (repeat the flag for more: at
+    /// most 16 in all). The peer registers with TRACKER_IP and, when the tracker in use stops
+    /// answering, with the next in the order given; queries go to whichever answers.
+    #[arg(long = "tracker", value_name = "HOST[:PORT]")]
+    trackers: Vec<String>,
     /// Directory holding <PEER_ID>/ (default: the current directory).
     #[arg(long, default_value = ".")]
     root: PathBuf,
@@ -117,6 +122,12 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
     }
     let tracker = p2pshare::cli::tracker_address(&args.tracker_ip, args.tracker_port)
         .map_err(|e| anyhow::anyhow!("bad TRACKER_IP: {e}"))?;
+    let fallback_trackers = args
+        .trackers
+        .iter()
+        .map(|t| p2pshare::cli::tracker_address(t, args.tracker_port))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("bad --tracker: {e}"))?;
     let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
         (Some(cert), Some(key), Some(ca)) => Some((
             TlsIdentity::from_files(cert, key)?,
@@ -130,6 +141,7 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
     })?;
     let dir = args.root.join(&args.peer_id);
     let mut config = PeerConfig::new(&args.peer_id, dir.clone(), &tracker);
+    config.fallback_trackers = fallback_trackers;
     config.advertise_host = args.advertise_addr.clone();
     config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
     config.max_holders = args.max_holders.max(1);
@@ -162,7 +174,10 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
         node.local_addr().port()
     );
     match &info.registration {
-        Ok(address) => println!("registered with tracker {tracker} as {address}"),
+        Ok(address) => println!(
+            "registered with tracker {} as {address}",
+            info.tracker_address
+        ),
         Err(e) => println!("warning: {e}; serving anyway and retrying in the background"),
     }
     let mut all_ok = true;
