@@ -636,7 +636,12 @@ mod tests {
             parse_member(&member("x", &a, u64::MAX)).map(|m| m.2),
             Some(u64::MAX)
         );
-        for bad in ["", "f\0zz\000000000000000000001", "../x\0\0", "a\0b\0c\0d"] {
+        for bad in [
+            "",
+            "f\0zz\x0000000000000000000001",
+            "../x\0\0",
+            "a\0b\0c\0d",
+        ] {
             assert_eq!(parse_member(bad), None, "{bad:?}");
         }
     }
