@@ -1,9 +1,12 @@
 //! The tracker: a registry of live peers and the files they hold, and its gRPC face.
 //!
-//! Soft state only: the registry can be lost at any time (restart) and is rebuilt from peers'
-//! re-registrations. It never sees file content. The [`Registry`] is plain synchronous data behind
-//! a mutex that is never held across an `.await`; [`TrackerService`] is the thin async layer.
+//! Soft state only: the store can be lost at any time (restart) and is rebuilt from peers'
+//! re-registrations. It never sees file content. The state lives in a [`TrackerStore`]: in this
+//! process by default (the registry, plain synchronous data behind a mutex that is never held
+//! across an `.await`), or in Redis, shared by several trackers (`tracker --store redis://...`).
+//! [`TrackerService`] is the thin async layer over it.
 //!
+//! * `store`: the store interface, the in-memory store and the Redis store.
 //! * `registry`: who is alive, where, holding what; expiry, caps and the holder index.
 //! * `limits`: the caps ([`TrackerLimits`]) and the page sizes of listings.
 //! * `page`: the page tokens of `ListPeers` and `ListFiles`, checked like any input.
@@ -22,15 +25,17 @@ mod limits;
 mod page;
 mod registry;
 mod service;
+mod store;
 
 pub(crate) use error::TrackerError;
 pub use limits::TrackerLimits;
 pub(crate) use service::TrackerService;
+pub use store::{StoreConfig, StoreCounts, StoreError, TrackerStore, DEFAULT_REDIS_PREFIX};
 
 use crate::grpc::ServerSecurity;
 use crate::pb::tracker::tracker_server::TrackerServer;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Largest request the tracker decodes (a `Register` with a full catalog is the big one: this
@@ -111,11 +116,26 @@ pub async fn serve_configured(
     connections: &crate::grpc::ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let store = TrackerStore::memory(&config, registry_limits);
+    serve_with_store(listener, config, store, security, connections, shutdown).await
+}
+
+/// [`serve_configured`] over a given store (`tracker --store`): the in-memory one, or a Redis
+/// store that other trackers share. The store's own caps ([`TrackerLimits`]) were given when it
+/// was opened.
+pub async fn serve_with_store(
+    listener: TcpListener,
+    config: TrackerConfig,
+    store: TrackerStore,
+    security: ServerSecurity,
+    connections: &crate::grpc::ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let limits = crate::grpc::ServerLimits {
         idle_timeout: connections.idle_timeout.max(config.heartbeat_interval * 3),
         ..connections.clone()
     };
-    let service = TrackerService::new(&config, registry_limits);
+    let service = TrackerService::over(store);
     let reaper = {
         let service = service.clone();
         let period = (config.heartbeat_interval / 2).max(Duration::from_millis(100));
@@ -123,9 +143,7 @@ pub async fn serve_configured(
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                for id in service.with(|r| r.expire(Instant::now())) {
-                    tracing::info!(peer = %id, "peer dropped: no heartbeat");
-                }
+                reap(&service).await;
             }
         })
     };
@@ -143,4 +161,24 @@ pub async fn serve_configured(
     .await;
     reaper.abort();
     result
+}
+
+/// One pass of the reaper: drops the silent peers (in bounded rounds: a store answers a bounded
+/// number per call). A store that cannot be reached is logged and tried again next tick.
+async fn reap(service: &TrackerService) {
+    // Bounded: a swarm that went silent at once is dropped over a few ticks at most.
+    for _ in 0..64 {
+        match service.store().expire().await {
+            Ok(dropped) if dropped.is_empty() => return,
+            Ok(dropped) => {
+                for id in dropped {
+                    tracing::info!(peer = %id, "peer dropped: no heartbeat");
+                }
+            }
+            Err(e) => {
+                tracing::warn!("reaper: {e}");
+                return;
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use p2pshare::grpc::{ConnectionFlags, ServerSecurity, SwarmKey, TlsIdentity};
-use p2pshare::tracker::TrackerLimits;
+use p2pshare::tracker::{StoreConfig, TrackerLimits, TrackerStore, DEFAULT_REDIS_PREFIX};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,6 +58,15 @@ struct Args {
     /// memory (about 350-600 bytes an entry, by name length).
     #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_catalog_files)]
     max_catalog_files: usize,
+    /// Where the tracker keeps who is alive and who holds what: `memory` (this process), or a
+    /// Redis 7 server (or Cluster) shared with other trackers, `redis://HOST:PORT[/DB]`:
+    /// trackers on one Redis serve one swarm, and a restarted one serves it at once.
+    #[arg(long, value_name = "STORE", default_value = "memory")]
+    store: String,
+    /// With a Redis store: the prefix of its keys (`{PREFIX}:...`, one hash tag), so several
+    /// swarms can share one server.
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
+    store_prefix: String,
     #[command(flatten)]
     connections: ConnectionFlags,
 }
@@ -80,22 +89,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         swarm_key: args.swarm_key.clone(),
         tls,
     };
-    let addr = SocketAddr::new(args.bind, args.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} (port in use? try --port 0 or another port)")
-    })?;
-    let local = listener.local_addr()?;
-    println!("tracker listening on {local}");
-    for reachable in p2pshare::cli::reachable_addresses(local) {
-        println!("  peers can reach it at {reachable}");
-    }
-    println!("heartbeat interval {} s", args.heartbeat_interval);
-    if security.swarm_key.is_some() {
-        println!("private swarm: calls need the swarm key");
-    }
-    if let Some(cert) = &args.tls_cert {
-        println!("TLS on (certificate {})", cert.display());
-    }
+    // Checked before the port is taken: a wrong URL fails at once, naming the flag.
+    let store = StoreConfig::parse(&args.store, &args.store_prefix)?;
     let config = p2pshare::tracker::TrackerConfig {
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
     };
@@ -106,10 +101,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_files_per_ip: args.max_files_per_ip,
         max_catalog_files: args.max_catalog_files,
     };
-    p2pshare::tracker::serve_configured(
+    let opened = TrackerStore::open(&store, &config, limits).await?;
+    let addr = SocketAddr::new(args.bind, args.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (port in use? try --port 0 or another port)")
+    })?;
+    let local = listener.local_addr()?;
+    println!("tracker listening on {local}");
+    for reachable in p2pshare::cli::reachable_addresses(local) {
+        println!("  peers can reach it at {reachable}");
+    }
+    println!("heartbeat interval {} s", args.heartbeat_interval);
+    println!("store {store}");
+    if security.swarm_key.is_some() {
+        println!("private swarm: calls need the swarm key");
+    }
+    if let Some(cert) = &args.tls_cert {
+        println!("TLS on (certificate {})", cert.display());
+    }
+    p2pshare::tracker::serve_with_store(
         listener,
         config,
-        limits,
+        opened,
         security,
         &args.connections.limits(),
         p2pshare::cli::shutdown_signal(),

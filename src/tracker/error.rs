@@ -48,6 +48,10 @@ pub(crate) enum TrackerError {
     /// The whole catalog would pass its cap.
     #[error("this tracker's catalog is full: it holds at most {0} files in all (its --max-catalog-files)")]
     CatalogFull(usize),
+    /// The shared store (Redis) did not answer in time, or answered something unusable: the
+    /// call may be tried again, here or on another tracker.
+    #[error("the tracker's store is unavailable ({0}); try again shortly or another tracker")]
+    StoreUnavailable(String),
 }
 
 /// The error's own text, under the canonical code that says what kind of failure it is, so
@@ -69,6 +73,7 @@ impl From<TrackerError> for Status {
             | TrackerError::TooManyPeersFrom(..)
             | TrackerError::TooManyFilesFrom(..)
             | TrackerError::CatalogFull(_) => Status::resource_exhausted(message),
+            TrackerError::StoreUnavailable(_) => Status::unavailable(message),
         }
     }
 }

@@ -11,6 +11,8 @@
 mod index;
 mod listing;
 
+pub(in crate::tracker) use listing::check_who_has;
+
 use super::limits::TrackerLimits;
 use super::TrackerError;
 use crate::chunking::ContentId;
@@ -141,6 +143,21 @@ impl CheckedFile {
     /// The file's name (checked).
     pub(super) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its content id.
+    pub(super) fn content_id(&self) -> &ContentId {
+        &self.record.content_id
+    }
+
+    /// Its size (a claim).
+    pub(super) fn size(&self) -> u64 {
+        self.record.size
+    }
+
+    /// Whether the peer is still downloading it.
+    pub(super) fn partial(&self) -> bool {
+        self.record.partial
     }
 }
 
@@ -428,6 +445,15 @@ impl Registry {
         Ok(())
     }
 
+    /// What the registry holds: peers (live or not yet dropped), catalog entries, versions.
+    pub(in crate::tracker) fn counts(&self) -> crate::tracker::StoreCounts {
+        crate::tracker::StoreCounts {
+            peers: self.ids.len() as u64,
+            catalog_entries: self.catalog_len as u64,
+            files: self.index.len() as u64,
+        }
+    }
+
     /// Drops every peer not heard from within the expiry; returns their ids.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<String> {
         let dead: Vec<String> = self
@@ -544,7 +570,8 @@ impl Registry {
     }
 }
 
-fn new_token() -> String {
+/// A fresh session token: 16 random bytes in hex.
+pub(in crate::tracker) fn new_token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 

@@ -1,46 +1,49 @@
-//! The tonic face of the tracker: each RPC checks its request, asks the [`Registry`] and answers.
+//! The tonic face of the tracker: each RPC checks its request, asks the [`Store`] and answers.
 //! Every call runs in a `tracker_request` span (the RPC, the caller's address, its peer id) so a
 //! tracker's debug log can be followed call by call.
 
 use super::address::advertised_address;
 use super::limits::page_size;
 use super::page::{parse_file_token, parse_peer_token};
-use super::registry::{CheckedFile, Registry};
-use super::{TrackerConfig, TrackerError, TrackerLimits};
+use super::registry::CheckedFile;
+use super::store::{Registration, Store, TrackerStore};
+use super::TrackerError;
+#[cfg(test)]
+use super::{TrackerConfig, TrackerLimits};
 use crate::names::validate_peer_id;
 use crate::pb::tracker as pb;
 use crate::pb::tracker::tracker_server::Tracker;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
-/// The gRPC Tracker service over a shared [`Registry`].
+/// The gRPC Tracker service over a shared [`Store`].
 #[derive(Clone)]
 pub(crate) struct TrackerService {
-    registry: Arc<Mutex<Registry>>,
+    store: Arc<dyn Store>,
 }
 
 impl TrackerService {
-    /// A service over a fresh registry bounded by `limits`.
+    /// A service over a fresh in-memory store bounded by `limits`.
+    #[cfg(test)]
     pub(crate) fn new(config: &TrackerConfig, limits: TrackerLimits) -> Self {
-        TrackerService {
-            registry: Arc::new(Mutex::new(Registry::new(config.heartbeat_interval, limits))),
-        }
+        Self::over(TrackerStore::memory(config, limits))
     }
 
-    /// Runs `f` on the registry under its lock (never held across an `.await`: `f` is sync).
-    pub(super) fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
-        // A panic while holding the lock cannot leave the registry half-updated in a way that
-        // matters more than losing the tracker, so poisoning is ignored.
-        let mut guard = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)
+    /// A service over `store` (shared with whoever else holds it).
+    pub(crate) fn over(store: TrackerStore) -> Self {
+        TrackerService { store: store.0 }
+    }
+
+    /// The store the service answers from.
+    pub(super) fn store(&self) -> &dyn Store {
+        &*self.store
     }
 
     fn interval_secs(&self) -> u32 {
-        self.with(|r| r.heartbeat_interval().as_secs().max(1) as u32)
+        self.store.heartbeat_interval().as_secs().max(1) as u32
     }
 }
 
@@ -103,16 +106,16 @@ impl Tracker for TrackerService {
             let count = files.len();
             let registered = if let Some(address) = address {
                 let observed_ip = remote.map(|a| a.ip().to_canonical());
-                let registered = self.with(|r| {
-                    r.register(
-                        &req.peer_id,
+                let registered = self
+                    .store
+                    .register(Registration {
+                        peer_id: req.peer_id.clone(),
                         address,
                         observed_ip,
-                        &req.session_token,
+                        presented_token: req.session_token,
                         files,
-                        Instant::now(),
-                    )
-                })?;
+                    })
+                    .await?;
                 tracing::info!(
                     peer = %req.peer_id,
                     address = %registered.address,
@@ -122,9 +125,10 @@ impl Tracker for TrackerService {
                 registered
             } else {
                 // One more batch of a registered peer's catalog.
-                let registered = self.with(|r| {
-                    r.register_more(&req.peer_id, &req.session_token, files, Instant::now())
-                })?;
+                let registered = self
+                    .store
+                    .register_more(&req.peer_id, &req.session_token, files)
+                    .await?;
                 tracing::debug!(peer = %req.peer_id, files = count, "catalog batch added");
                 registered
             };
@@ -149,7 +153,9 @@ impl Tracker for TrackerService {
         );
         in_span(span, async move {
             let req = request.into_inner();
-            self.with(|r| r.heartbeat(&req.peer_id, &req.session_token, Instant::now()))?;
+            self.store
+                .heartbeat(&req.peer_id, &req.session_token)
+                .await?;
             Ok(pb::HeartbeatResponse {
                 heartbeat_interval_secs: self.interval_secs(),
             })
@@ -173,7 +179,9 @@ impl Tracker for TrackerService {
                 .ok_or_else(|| TrackerError::InvalidArgument("file is required".into()))?;
             let file = CheckedFile::try_from(file)?;
             let name = file.name().to_string();
-            self.with(|r| r.announce(&req.peer_id, &req.session_token, file, Instant::now()))?;
+            self.store
+                .announce(&req.peer_id, &req.session_token, file)
+                .await?;
             // Logged once checked: nothing unvalidated reaches the log.
             tracing::info!(peer = %req.peer_id, file = %name, "file announced");
             Ok(pb::AnnounceFileResponse {})
@@ -192,7 +200,9 @@ impl Tracker for TrackerService {
         );
         in_span(span, async move {
             let req = request.into_inner();
-            self.with(|r| r.withdraw(&req.peer_id, &req.session_token, &req.name, Instant::now()))?;
+            self.store
+                .withdraw(&req.peer_id, &req.session_token, &req.name)
+                .await?;
             tracing::info!(peer = %req.peer_id, file = %req.name, "file withdrawn");
             Ok(pb::WithdrawFileResponse {})
         })
@@ -206,14 +216,10 @@ impl Tracker for TrackerService {
         let span = request_span("WhoHas", request.remote_addr(), None);
         in_span(span, async move {
             let req = request.into_inner();
-            let versions = self.with(|r| {
-                r.who_has(
-                    &req.name,
-                    &req.content_id_prefix,
-                    req.max_holders,
-                    Instant::now(),
-                )
-            })?;
+            let versions = self
+                .store
+                .who_has(&req.name, &req.content_id_prefix, req.max_holders)
+                .await?;
             Ok(pb::WhoHasResponse { versions })
         })
         .await
@@ -230,7 +236,7 @@ impl Tracker for TrackerService {
         );
         in_span(span, async move {
             let req = request.into_inner();
-            self.with(|r| r.leave(&req.peer_id, &req.session_token, Instant::now()))?;
+            self.store.leave(&req.peer_id, &req.session_token).await?;
             tracing::info!(peer = %req.peer_id, "peer left");
             Ok(pb::LeaveResponse {})
         })
@@ -246,7 +252,7 @@ impl Tracker for TrackerService {
             let req = request.into_inner();
             let after = parse_peer_token(&req.page_token)?;
             let size = page_size(req.page_size);
-            let (peers, next) = self.with(|r| r.peers_page(after.as_deref(), size, Instant::now()));
+            let (peers, next) = self.store.peers_page(after.as_deref(), size).await?;
             Ok(pb::ListPeersResponse {
                 peers,
                 next_page_token: next.unwrap_or_default(),
@@ -264,7 +270,7 @@ impl Tracker for TrackerService {
             let req = request.into_inner();
             let after = parse_file_token(&req.page_token)?;
             let size = page_size(req.page_size);
-            let (files, next) = self.with(|r| r.files_page(after, size, Instant::now()));
+            let (files, next) = self.store.files_page(after, size).await?;
             Ok(pb::ListFilesResponse {
                 files,
                 next_page_token: next.unwrap_or_default(),

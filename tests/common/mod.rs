@@ -8,6 +8,7 @@
 //! missing need fails the test instead, because a CI that silently skips is a hole.
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod scripted_tracker;
 
 use p2pshare::peer::download::{

@@ -20,6 +20,9 @@ pub(crate) enum Scenario {
     Stress,
     /// `WhoHas` load on a tracker holding many peers.
     Tracker,
+    /// The tracker scenario on the Redis store (`redis-server` on PATH): one tracker, then two
+    /// sharing the store, same run. Only when asked for by name.
+    TrackerRedis,
     /// First scan of a folder and restart over it unchanged.
     Startup,
     /// One seeder capped at R, N downloaders (the real `peer` binary) started together.
@@ -31,7 +34,7 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub(crate) const ALL: [Scenario; 10] = [
+    pub(crate) const ALL: [Scenario; 11] = [
         Scenario::Baseline,
         Scenario::OneHolder,
         Scenario::ThreeHolders,
@@ -39,6 +42,7 @@ impl Scenario {
         Scenario::SmallFiles,
         Scenario::Stress,
         Scenario::Tracker,
+        Scenario::TrackerRedis,
         Scenario::Startup,
         Scenario::FlashCrowd,
         Scenario::Network,
@@ -142,7 +146,7 @@ impl SwarmOptions {
     /// Whether `scenario` runs: all do by default, and the baseline runs with any download.
     pub(crate) fn wants(&self, scenario: Scenario) -> bool {
         if self.scenarios.is_empty() {
-            return scenario != Scenario::Network;
+            return !matches!(scenario, Scenario::Network | Scenario::TrackerRedis);
         }
         if scenario == Scenario::Baseline {
             return self.scenarios.iter().any(|s| {

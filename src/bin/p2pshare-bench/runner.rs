@@ -102,6 +102,7 @@ pub(crate) fn run(opts: &SwarmOptions, progress: &mut dyn Write) -> Result<Vec<R
             Scenario::SmallFiles => ("small-files", runner.small_files()),
             Scenario::Stress => ("stress", runner.stress()),
             Scenario::Tracker => ("tracker", runner.tracker()),
+            Scenario::TrackerRedis => ("tracker-redis", runner.tracker_redis()),
             Scenario::Startup => ("startup", runner.startup()),
             Scenario::FlashCrowd => ("flash-crowd", runner.flash_crowd()),
             Scenario::Network => ("network", runner.network()),

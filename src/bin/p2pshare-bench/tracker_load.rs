@@ -22,7 +22,8 @@ use tonic_health::pb::HealthCheckRequest;
 
 /// The tracker under load.
 pub(crate) struct Target<'a> {
-    /// Its address.
+    /// Its address, or several trackers' (comma-separated: trackers sharing one store), the
+    /// connections dealt over them in turn.
     pub(crate) address: &'a str,
     /// The process serving it, whose CPU time each measurement reports.
     pub(crate) pid: u32,
@@ -72,8 +73,9 @@ pub(crate) async fn tracker_load(
     in_flight: &[u32],
     seconds: u32,
 ) -> Result<TrackerLoadReport, String> {
-    let channels = (0..connections.max(1))
-        .map(|_| p2pshare::grpc::channel(tracker).map_err(|e| e.to_string()))
+    let trackers: Vec<&str> = tracker.split(',').collect();
+    let channels = (0..connections.max(1) as usize)
+        .map(|i| p2pshare::grpc::channel(trackers[i % trackers.len()]).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     reset_peak_rss();
     let mut report = TrackerLoadReport {

@@ -18,6 +18,25 @@ use std::time::Instant;
 /// page size the caller chose before any entry was found.
 const DEFAULT_PAGE_HINT: usize = 1024;
 
+/// Checks a `WhoHas` request (every store answers the same refusals); the most holders per
+/// version its answer lists.
+pub(in crate::tracker) fn check_who_has(
+    name: &str,
+    prefix: &str,
+    max_holders: u32,
+) -> Result<usize, TrackerError> {
+    validate_file_name(name)?;
+    if !prefix.is_empty() && !crate::chunking::is_content_id_prefix(prefix) {
+        return Err(TrackerError::InvalidArgument(format!(
+            "content id prefix {prefix:?} is not lowercase hexadecimal"
+        )));
+    }
+    Ok(match max_holders {
+        0 => DEFAULT_MAX_HOLDERS,
+        n => n.min(DEFAULT_MAX_HOLDERS),
+    } as usize)
+}
+
 impl Registry {
     /// The versions of `name` (optionally only content ids starting with `prefix`) with their live
     /// holders, most complete holders first. A version with more than `max_holders` holders (0 or
@@ -30,16 +49,7 @@ impl Registry {
         max_holders: u32,
         now: Instant,
     ) -> Result<Vec<pb::FileVersion>, TrackerError> {
-        validate_file_name(name)?;
-        if !prefix.is_empty() && !crate::chunking::is_content_id_prefix(prefix) {
-            return Err(TrackerError::InvalidArgument(format!(
-                "content id prefix {prefix:?} is not lowercase hexadecimal"
-            )));
-        }
-        let limit = match max_holders {
-            0 => DEFAULT_MAX_HOLDERS,
-            n => n.min(DEFAULT_MAX_HOLDERS),
-        } as usize;
+        let limit = check_who_has(name, prefix, max_holders)?;
         let mut rng = rand::rng();
         // (complete holders in all, version) so versions sort by what can really be downloaded.
         let mut versions: Vec<(usize, usize, pb::FileVersion)> = Vec::new();

@@ -1,4 +1,7 @@
-//! `WhoHas` load on a tracker holding many synthetic peers.
+//! `WhoHas` load on a tracker holding many synthetic peers (`redis`: the same on the Redis
+//! store, one tracker against two).
+
+mod redis;
 
 use super::Runner;
 use crate::child::{ChildReport, LoadReport, Plan};
@@ -133,7 +136,7 @@ fn per_call_us(cpu: f64, load: &LoadReport) -> f64 {
 }
 
 /// Requests per second of one measurement.
-fn rate(load: &LoadReport) -> f64 {
+pub(super) fn rate(load: &LoadReport) -> f64 {
     load.requests as f64 / load.seconds.max(1e-9)
 }
 
