@@ -11,12 +11,9 @@ mod support;
 use common::redis::RedisServer;
 use p2pshare::chunking::ContentId;
 use p2pshare::pb::tracker as pb;
-use p2pshare::pb::tracker::tracker_client::TrackerClient;
 use p2pshare::tracker::{StoreConfig, TrackerLimits};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::*;
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// Two trackers on one Redis (each with its own connection, as two processes would have).
@@ -260,71 +257,6 @@ async fn garbage_in_redis_is_never_a_panic() {
     tracker.stop().await;
 }
 
-/// A `tracker` process; killed when dropped.
-struct TrackerProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-    /// What it printed before it served.
-    banner: Vec<String>,
-}
-
-impl TrackerProcess {
-    fn start(args: &[&str]) -> Self {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tracker"))
-            .args(["--port", "0", "--bind", "127.0.0.1"])
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut banner = Vec::new();
-        while !banner.iter().any(|l: &String| l.starts_with("store ")) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("tracker did not start; it printed {banner:?}"));
-            banner.push(line);
-        }
-        let addr = banner
-            .iter()
-            .find_map(|l| l.strip_prefix("tracker listening on "))
-            .expect("listening line")
-            .parse()
-            .unwrap();
-        TrackerProcess {
-            child,
-            addr,
-            banner,
-        }
-    }
-
-    fn client(&self) -> TrackerClient<Channel> {
-        TrackerClient::new(p2pshare::grpc::channel(&self.addr.to_string()).unwrap())
-    }
-}
-
-impl Drop for TrackerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracker_binaries_with_store_redis_share_one_swarm() {
     let Some(server) = RedisServer::start() else {
@@ -366,4 +298,130 @@ async fn tracker_binaries_with_store_redis_share_one_swarm() {
         "{stderr}"
     );
     drop(b);
+}
+
+/// A `peer` process (headless), killed when dropped.
+struct PeerProcess(std::process::Child);
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, failing the test after `deadline`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let end = Instant::now() + deadline;
+    while !check().await {
+        assert!(Instant::now() < end, "not within {deadline:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 15 end to end, as users run it: two `tracker --store redis://` processes and peers
+/// given both (`--tracker`). The first tracker is killed: the seeder goes on with the second
+/// under the same session (its token is good there: no new registration), its next
+/// announcement lands, and a new `peer --exec "get ..."` whose first tracker is the dead one
+/// downloads the file byte for byte through the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_fail_over_between_trackers_sharing_redis_with_their_session() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let args = ["--store", url.as_str(), "--heartbeat-interval", "1"];
+    let a = TrackerProcess::start(&args);
+    let b = TrackerProcess::start(&args);
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let root = tempfile::tempdir().unwrap();
+    let files = root.path().join("S").join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let movie: Vec<u8> = (0..3 << 20).map(|i: u32| (i * 31 % 251) as u8).collect();
+    std::fs::write(files.join("movie.bin"), &movie).unwrap();
+    let peer = |id: &str, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_peer"))
+            .args([
+                id,
+                "0",
+                &a_addr,
+                "--tracker",
+                &b_addr,
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--root")
+            .arg(root.path())
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let _seeder = PeerProcess(peer("S", &["--no-shell"]));
+    let step = Duration::from_secs(30);
+    let listed_on_b = |name: &'static str| {
+        let b = b.client();
+        move || {
+            let mut b = b.clone();
+            async move {
+                holders(&mut b, name)
+                    .await
+                    .is_ok_and(|h| h.iter().any(|(id, _, _)| id == "S"))
+            }
+        }
+    };
+    eventually("S registered (seen on B)", step, listed_on_b("movie.bin")).await;
+    assert!(
+        a.log_text().contains("peer registered"),
+        "S registered with its first tracker: {}",
+        a.log_text()
+    );
+    drop(a);
+
+    // S moves to B with its token (shared store): its next announcement lands there...
+    std::fs::write(
+        files.join("later.bin"),
+        b"announced through the second tracker",
+    )
+    .unwrap();
+    eventually(
+        "later.bin announced (seen on B)",
+        step,
+        listed_on_b("later.bin"),
+    )
+    .await;
+    // ...and B never saw a registration of S: the session carried over.
+    let b_log = b.log_text();
+    assert!(
+        !b_log
+            .lines()
+            .any(|l| l.contains("peer registered") && l.contains("peer=S")),
+        "S registered again on B: {b_log}"
+    );
+
+    // A new peer whose first tracker is the dead one downloads through B.
+    let mut get = peer("D", &["--exec", "get movie.bin"]);
+    let end = Instant::now() + step;
+    let status = loop {
+        if let Some(status) = get.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < end, "get still running after {step:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut get.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains(&format!("registered with tracker {b_addr}")),
+        "{out}"
+    );
+    let got = std::fs::read(root.path().join("D").join("files").join("movie.bin")).unwrap();
+    assert!(got == movie, "downloaded copy differs");
 }

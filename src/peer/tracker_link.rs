@@ -296,55 +296,72 @@ impl TrackerLink {
         self.trackers.iter().map(Endpoint::reachable).collect()
     }
 
-    /// Makes the call `rpc` on the current tracker only (with its deadline): calls that belong to
-    /// the registration there.
-    async fn call_current<T, F, Fut>(&self, rpc: &'static str, f: F) -> Result<T, TrackerLinkError>
+    /// Makes a call that belongs to the registration (it carries the session token): on the
+    /// current tracker, or, if that one does not answer, on the next that does. A tracker that
+    /// takes the call with the token shares the current one's store, so the registration moves
+    /// there at once: an announcement made while the first tracker is down is not lost. One that
+    /// refuses it (NOT_FOUND: its own store) is left to the heartbeat loop, whose full
+    /// registration there carries the whole catalog, this file included.
+    async fn call_registered<T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        f: F,
+    ) -> Result<T, TrackerLinkError>
     where
-        F: FnOnce(TrackerClient<ClientChannel>) -> Fut,
+        F: FnMut(TrackerClient<ClientChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let tracker = &self.trackers[self.current()];
-        tracker.call(rpc, tracker.call_timeout(), f).await
+        let (at, answer) = self.try_each(rpc, self.registration_order(), f).await?;
+        if answer.is_ok() && at != self.current() {
+            self.switch_to(at, Switch::Failover);
+        }
+        answer
     }
 
-    /// Announces a file (NEW_FILE) to the current tracker.
+    /// Announces a file (NEW_FILE) to the tracker of the registration.
     pub(crate) async fn announce(&self, file: pb::FileEntry) -> Result<(), TrackerLinkError> {
         let request = pb::AnnounceFileRequest {
             peer_id: self.peer_id.clone(),
             session_token: self.token()?,
             file: Some(file),
         };
-        self.call_current("AnnounceFile", |mut c| async move {
-            c.announce_file(request).await
+        self.call_registered("AnnounceFile", |mut c| {
+            let request = request.clone();
+            async move { c.announce_file(request).await }
         })
         .await
         .map(|_| ())
     }
 
-    /// Withdraws a file at the current tracker.
+    /// Withdraws a file at the tracker of the registration.
     pub(crate) async fn withdraw(&self, name: &str) -> Result<(), TrackerLinkError> {
         let request = pb::WithdrawFileRequest {
             peer_id: self.peer_id.clone(),
             session_token: self.token()?,
             name: name.to_string(),
         };
-        self.call_current("WithdrawFile", |mut c| async move {
-            c.withdraw_file(request).await
+        self.call_registered("WithdrawFile", |mut c| {
+            let request = request.clone();
+            async move { c.withdraw_file(request).await }
         })
         .await
         .map(|_| ())
     }
 
-    /// Leaves the swarm at the current tracker (if registered). The others are not told: one
-    /// that shares the store sees the `Leave`, one that does not forgets the peer when its
-    /// heartbeats stop.
+    /// Leaves the swarm at the tracker of the registration (if registered; the next one that
+    /// answers if it does not: one sharing the store removes the peer for all). A tracker with
+    /// its own store that never had the peer answers NOT_FOUND, harmless; it and the others
+    /// forget the peer when its heartbeats stop. The caller bounds the wait.
     pub(crate) async fn leave(&self) -> Result<(), TrackerLinkError> {
         let request = pb::LeaveRequest {
             peer_id: self.peer_id.clone(),
             session_token: self.token()?,
         };
         let result = self
-            .call_current("Leave", |mut c| async move { c.leave(request).await })
+            .call_registered("Leave", |mut c| {
+                let request = request.clone();
+                async move { c.leave(request).await }
+            })
             .await
             .map(|_| ());
         self.set_session(None);

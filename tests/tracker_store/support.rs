@@ -177,3 +177,81 @@ pub fn heartbeat(id: &str, token: &str) -> pb::HeartbeatRequest {
         session_token: token.into(),
     }
 }
+
+/// A `tracker` process; killed when dropped.
+pub struct TrackerProcess {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it printed before it served.
+    pub banner: Vec<String>,
+    /// Its log (stderr).
+    log: tempfile::NamedTempFile,
+}
+
+impl TrackerProcess {
+    /// Starts `tracker --port 0 --bind 127.0.0.1 ARGS` and waits for its banner (30 s at most).
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tracker"))
+            .args(["--port", "0", "--bind", "127.0.0.1"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut banner = Vec::new();
+        while !banner.iter().any(|l: &String| l.starts_with("store ")) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("tracker did not start; it printed {banner:?}"));
+            banner.push(line);
+        }
+        let addr = banner
+            .iter()
+            .find_map(|l| l.strip_prefix("tracker listening on "))
+            .expect("listening line")
+            .parse()
+            .unwrap();
+        TrackerProcess {
+            child,
+            addr,
+            banner,
+            log,
+        }
+    }
+
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// A client of it.
+    pub fn client(&self) -> TrackerClient<Channel> {
+        TrackerClient::new(p2pshare::grpc::channel(&self.addr.to_string()).unwrap())
+    }
+}
+
+impl Drop for TrackerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
