@@ -116,6 +116,7 @@ pub async fn serve_configured(
         ..connections.clone()
     };
     let service = TrackerService::new(&config, registry_limits);
+    let gauges = limits.metrics.as_ref().and_then(|m| m.tracker().cloned());
     let reaper = {
         let service = service.clone();
         let period = (config.heartbeat_interval / 2).max(Duration::from_millis(100));
@@ -125,6 +126,9 @@ pub async fn serve_configured(
                 tick.tick().await;
                 for id in service.with(|r| r.expire(Instant::now())) {
                     tracing::info!(peer = %id, "peer dropped: no heartbeat");
+                }
+                if let Some(gauges) = &gauges {
+                    gauges.set(service.with(|r| r.counts()));
                 }
             }
         })

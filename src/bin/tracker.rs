@@ -58,6 +58,9 @@ struct Args {
     /// memory (about 350-600 bytes an entry, by name length).
     #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_catalog_files)]
     max_catalog_files: usize,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (an IP address; port 0 picks one).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     connections: ConnectionFlags,
 }
@@ -106,12 +109,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_files_per_ip: args.max_files_per_ip,
         max_catalog_files: args.max_catalog_files,
     };
+    let mut connection_limits = args.connections.limits();
+    if let Some(addr) = args.metrics_addr {
+        let (metrics, at) =
+            p2pshare::metrics::spawn_exporter(addr, p2pshare::grpc::ServiceKind::Tracker)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        println!("metrics at http://{at}/metrics");
+        connection_limits.metrics = Some(metrics);
+    }
     p2pshare::tracker::serve_configured(
         listener,
         config,
         limits,
         security,
-        &args.connections.limits(),
+        &connection_limits,
         p2pshare::cli::shutdown_signal(),
     )
     .await?;

@@ -428,6 +428,15 @@ impl Registry {
         Ok(())
     }
 
+    /// What the registry holds now, for the metrics' gauges.
+    pub(crate) fn counts(&self) -> crate::metrics::TrackerCounts {
+        crate::metrics::TrackerCounts {
+            peers: self.ids.len(),
+            catalog_entries: self.catalog_len,
+            files: self.index.len(),
+        }
+    }
+
     /// Drops every peer not heard from within the expiry; returns their ids.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<String> {
         let dead: Vec<String> = self

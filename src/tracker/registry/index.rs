@@ -162,7 +162,6 @@ impl Index {
     }
 
     /// How many versions are indexed.
-    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.versions.len()
     }
