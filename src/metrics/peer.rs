@@ -42,7 +42,7 @@ impl prometheus_client::collector::Collector for Served {
         let counter = ConstCounter::new(self.0.load(Ordering::Relaxed));
         let metric = encoder.encode_descriptor(
             "peer_served",
-            "Bytes of file data sent in GetBlocks answers",
+            "Bytes of file data sent in GetBlocks answers.",
             Some(&Unit::Bytes),
             counter.metric_type(),
         )?;

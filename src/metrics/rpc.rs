@@ -127,7 +127,7 @@ impl Collector for RpcTable {
             let mut handled = encoder.encode_descriptor(
                 "rpcs_handled",
                 "RPCs answered, by method and gRPC status code (streams counted at their end; \
-                 CANCELLED if the client went away first)",
+                 CANCELLED if the client went away first).",
                 None,
                 MetricType::Counter,
             )?;
@@ -150,7 +150,7 @@ impl Collector for RpcTable {
         }
         let mut active = encoder.encode_descriptor(
             "rpcs_active",
-            "RPCs (HTTP/2 streams) in flight, by method",
+            "RPCs (HTTP/2 streams) in flight, by method.",
             None,
             MetricType::Gauge,
         )?;
