@@ -92,6 +92,7 @@ pub(crate) use security::TLS_HANDSHAKE_TIMEOUT;
 pub use security::{
     ClientSecurity, SecurityError, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa,
 };
+pub(crate) use server::FILE_DESCRIPTOR_SET;
 pub use server::{serve_with, serve_with_security, ServiceKind};
 
 /// HTTP/2 frame size both sides accept: 1 MiB frames move bulk data with far fewer frames (and

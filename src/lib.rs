@@ -18,6 +18,7 @@ pub mod cli;
 pub mod console;
 pub mod grpc;
 pub mod human;
+pub mod metrics;
 pub mod names;
 pub mod peer;
 pub(crate) mod progress;

@@ -313,6 +313,7 @@ impl PeerNode {
             active: &self.active,
             book: &self.book,
             max_holders: self.config.max_holders,
+            metrics: self.config.limits.peer_metrics(),
         };
         download::run(&context, request, progress, self.shutdown.child_token()).await
     }

@@ -136,6 +136,10 @@ pub async fn serve_with_store(
         ..connections.clone()
     };
     let service = TrackerService::over(store);
+    let gauges = connections
+        .metrics
+        .as_ref()
+        .and_then(|m| m.tracker().cloned());
     let reaper = {
         let service = service.clone();
         let period = (config.heartbeat_interval / 2).max(Duration::from_millis(100));
@@ -144,6 +148,17 @@ pub async fn serve_with_store(
             loop {
                 tick.tick().await;
                 reap(&service).await;
+                if let Some(gauges) = &gauges {
+                    match service.store().counts().await {
+                        Ok(counts) => gauges.set(crate::metrics::TrackerCounts {
+                            peers: usize::try_from(counts.peers).unwrap_or(usize::MAX),
+                            catalog_entries: usize::try_from(counts.catalog_entries)
+                                .unwrap_or(usize::MAX),
+                            files: usize::try_from(counts.files).unwrap_or(usize::MAX),
+                        }),
+                        Err(e) => tracing::debug!("metrics: no counts from the store: {e}"),
+                    }
+                }
             }
         })
     };

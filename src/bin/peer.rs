@@ -96,6 +96,9 @@ struct Args {
     /// (PEM). Requires --tls-cert and --tls-key: in a TLS swarm everyone serves TLS.
     #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
     tls_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (an IP address; port 0 picks one).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     connections: ConnectionFlags,
 }
@@ -154,6 +157,14 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> anyhow::Result<()> {
         upload_slots: args.upload_slots.max(1),
         connections: args.connections.limits(),
     };
+    if let Some(addr) = args.metrics_addr {
+        let (metrics, at) =
+            p2pshare::metrics::spawn_exporter(addr, p2pshare::grpc::ServiceKind::Peer)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        println!("metrics at http://{at}/metrics");
+        config.limits.connections.metrics = Some(metrics);
+    }
     let (node, info) = PeerNode::start(config, listener)
         .await
         .with_context(|| format!("cannot start peer {}", args.peer_id))?;

@@ -67,6 +67,9 @@ struct Args {
     /// swarms can share one server.
     #[arg(long, value_name = "PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
     store_prefix: String,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (an IP address; port 0 picks one).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     connections: ConnectionFlags,
 }
@@ -119,12 +122,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(cert) = &args.tls_cert {
         println!("TLS on (certificate {})", cert.display());
     }
+    let mut connection_limits = args.connections.limits();
+    if let Some(addr) = args.metrics_addr {
+        let (metrics, at) =
+            p2pshare::metrics::spawn_exporter(addr, p2pshare::grpc::ServiceKind::Tracker)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        println!("metrics at http://{at}/metrics");
+        connection_limits.metrics = Some(metrics);
+    }
     p2pshare::tracker::serve_with_store(
         listener,
         config,
         opened,
         security,
-        &args.connections.limits(),
+        &connection_limits,
         p2pshare::cli::shutdown_signal(),
     )
     .await?;

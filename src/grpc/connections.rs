@@ -39,6 +39,7 @@ pub(super) use accept::Incoming;
 pub(super) use calls::CallTrackerLayer;
 
 use super::ServerLimits;
+use crate::metrics::{Closed, Refusal, ServerMetrics};
 use calls::{CallGuard, ResponseClock};
 use guarded::{GuardedIo, Slot};
 use std::collections::HashMap;
@@ -83,6 +84,8 @@ pub(super) struct Connections {
     table: Mutex<Table>,
     /// Connections refused for their address's cap since the last warning, and when that was.
     refused: Mutex<(u64, Option<Instant>)>,
+    /// Where connections, refusals and closes are counted, if anywhere.
+    metrics: Option<Arc<ServerMetrics>>,
 }
 
 #[derive(Default)]
@@ -99,6 +102,10 @@ impl Connections {
             stall_timeout: limits.client_stall_timeout,
             table: Mutex::default(),
             refused: Mutex::default(),
+            metrics: limits.metrics.as_ref().map(|m| {
+                m.server().set_connection_cap(limits.max_connections);
+                m.server().clone()
+            }),
         })
     }
 
@@ -123,6 +130,9 @@ impl Connections {
             *open += 1;
             table.by_remote.insert(remote, connection.clone());
         }
+        if let Some(metrics) = &self.metrics {
+            metrics.connection_opened();
+        }
         Some(GuardedIo {
             stream,
             closed: Box::pin(connection.close.clone().cancelled_owned()),
@@ -139,6 +149,9 @@ impl Connections {
     /// Counts a refused connection; warns at most once per [`REFUSAL_WARNING_EVERY`] (after the
     /// lock is released: the console's lock must stay innermost).
     fn note_refused(&self, ip: IpAddr) {
+        if let Some(metrics) = &self.metrics {
+            metrics.refused(Refusal::ConnectionsPerAddress);
+        }
         let now = Instant::now();
         let due = {
             let mut refused = lock(&self.refused);
@@ -163,6 +176,9 @@ impl Connections {
     }
 
     fn forget(&self, remote: SocketAddr, ip: IpAddr, connection: &Arc<Connection>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.connection_ended();
+        }
         let mut table = lock(&self.table);
         if table
             .by_remote
@@ -200,6 +216,12 @@ impl Connections {
         let all: Vec<Arc<Connection>> = lock(&self.table).by_remote.values().cloned().collect();
         for connection in all {
             if let Some(reason) = connection.verdict(now, self.idle_timeout, self.stall_timeout) {
+                if let Some(metrics) = &self.metrics {
+                    metrics.closed(match reason {
+                        CloseReason::Idle => Closed::Idle,
+                        CloseReason::Stalled => Closed::Stalled,
+                    });
+                }
                 connection.close(reason);
             }
         }

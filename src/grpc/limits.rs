@@ -50,6 +50,9 @@ pub struct ServerLimits {
     /// the data already buffered for it: hyper offers a server no way to reset one stream whose
     /// send window is zero (see `connections`).
     pub client_stall_timeout: Duration,
+    /// Where the server counts its calls, connections and refusals (and a peer its bytes and
+    /// downloads): see [`crate::metrics`]. None (the default): nothing is counted.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for ServerLimits {
@@ -63,6 +66,7 @@ impl Default for ServerLimits {
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             client_stall_timeout: DEFAULT_CLIENT_STALL_TIMEOUT,
+            metrics: None,
         }
     }
 }

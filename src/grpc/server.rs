@@ -33,7 +33,8 @@ pub enum ServiceKind {
 }
 
 impl ServiceKind {
-    fn name(self) -> &'static str {
+    /// The service's full name (`package.Service`).
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ServiceKind::Tracker => "p2pshare.tracker.v1.Tracker",
             ServiceKind::Peer => "p2pshare.peer.v1.Peer",
@@ -126,6 +127,8 @@ pub async fn serve_with_security(
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         // Outermost, so it sees every call, refused ones included.
         .layer(CallTrackerLayer::new(connections))
+        // Before the swarm-key check, so its refusals are counted.
+        .layer(crate::metrics::RpcLayer::new(limits.metrics.as_ref()))
         .layer(SwarmKeyLayer::new(security.swarm_key.as_ref()))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -47,6 +47,7 @@ pub use request::{
 pub use transfer::DEFAULT_MAX_HOLDERS;
 
 use crate::grpc::{ChannelPool, ClientSecurity};
+use crate::metrics::{DownloadOutcome, PeerMetrics};
 use crate::names::validate_file_name;
 use crate::peer::book::SwarmBook;
 use crate::peer::store::{GrowingFile, SharedFile, Store, StoreError};
@@ -91,6 +92,8 @@ pub(crate) struct Context<'a> {
     pub(crate) book: &'a Arc<SwarmBook>,
     /// Holders connected at once.
     pub(crate) max_holders: usize,
+    /// Where bytes received, pieces rejected and outcomes are counted, if anywhere.
+    pub(crate) metrics: Option<Arc<PeerMetrics>>,
 }
 
 /// Downloads `request` from the other holders in the swarm, counting into `progress`, until done
@@ -106,9 +109,17 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) -> Result<DownloadReport, DownloadError> {
     let span = tracing::info_span!("download", file = %request.name, id = tracing::field::Empty);
-    download(ctx, request, progress, &cancel)
+    let result = download(ctx, request, progress, &cancel)
         .instrument(span)
-        .await
+        .await;
+    if let Some(metrics) = &ctx.metrics {
+        metrics.download_ended(match &result {
+            Ok(_) => DownloadOutcome::Completed,
+            Err(DownloadError::Cancelled) => DownloadOutcome::Cancelled,
+            Err(_) => DownloadOutcome::Failed,
+        });
+    }
+    result
 }
 
 async fn download(
@@ -272,6 +283,7 @@ async fn download(
             growing: growing.clone(),
             durable: request.destination.is_durable(),
             path: partial.path.clone(),
+            metrics: ctx.metrics.clone(),
         },
         cancel,
     )?);

@@ -43,6 +43,7 @@ pub use limits::{RateLimiter, ServeLimits};
 
 use crate::chunking::{Bitfield, Manifest};
 use crate::chunking::{ContentId, BLOCK_SIZE};
+use crate::metrics::Refusal;
 use crate::names::validate_file_name;
 use crate::pb::peer as pb;
 use crate::pb::peer::peer_server::{Peer, PeerServer};
@@ -104,6 +105,8 @@ pub struct PeerService {
     uploaded: Arc<std::sync::atomic::AtomicU64>,
     /// Pieces of served files already checked since they last changed (not hashed again).
     checked: Arc<stream::CheckedFiles>,
+    /// Where refused streams are counted, if anywhere.
+    metrics: Option<Arc<crate::metrics::ServerMetrics>>,
 }
 
 /// A file as served: whole (in `files/`) or growing (a download in progress: verified pieces).
@@ -178,12 +181,16 @@ impl PeerService {
                 limits.upload_slots,
                 Instant::now(),
             ))),
-            limits,
             idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             shutdown: CancellationToken::new(),
             book: Arc::default(),
-            uploaded: Arc::default(),
+            // With metrics, their served-bytes counter is this one: nothing more per message.
+            uploaded: limits
+                .peer_metrics()
+                .map_or_else(Arc::default, |m| m.served()),
             checked: Arc::default(),
+            metrics: (limits.connections.metrics.as_ref()).map(|m| m.server().clone()),
+            limits,
         }
     }
 
@@ -221,6 +228,13 @@ impl PeerService {
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(crate::grpc::MAX_MESSAGE_SIZE),
         )
+    }
+
+    /// Counts a stream a limit refused.
+    fn refused(&self, refusal: Refusal) {
+        if let Some(metrics) = &self.metrics {
+            metrics.refused(refusal);
+        }
     }
 
     /// The file a selector names: a shared file, or (by content id only) a download in progress.
@@ -338,7 +352,10 @@ impl Peer for PeerService {
             Some(addr) => Some(
                 self.address_streams
                     .try_take(addr.ip().to_canonical())
-                    .ok_or(ServeError::AddressBusy(self.address_streams.cap()))?,
+                    .ok_or_else(|| {
+                        self.refused(Refusal::StreamsPerAddress);
+                        ServeError::AddressBusy(self.address_streams.cap())
+                    })?,
             ),
             // Not over TCP (an in-process transport): no address to share by.
             None => None,
@@ -390,18 +407,18 @@ impl Peer for PeerService {
                 total: self.uploaded.clone(),
             },
             Admission::Choked(retry) => {
+                self.refused(Refusal::UploadSlots);
                 return Err(ServeError::Choked {
                     slots: self.limits.upload_slots,
                     retry,
                 }
-                .into())
+                .into());
             }
         };
-        let permit = self
-            .streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ServeError::Busy(self.limits.max_streams))?;
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            self.refused(Refusal::Streams);
+            ServeError::Busy(self.limits.max_streams)
+        })?;
         let files_dir = self.store.files_dir().to_path_buf();
         let name = file.name().to_string();
         let (opened, stamp) = tokio::task::spawn_blocking(move || {

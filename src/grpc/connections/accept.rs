@@ -114,6 +114,9 @@ impl tokio_stream::Stream for Incoming {
                     Poll::Ready(None) => return Poll::Ready(None),
                     Poll::Pending => {
                         if !this.at_cap {
+                            if let Some(metrics) = &this.connections.metrics {
+                                metrics.connection_cap_reached();
+                            }
                             tracing::warn!(
                                 cap = this.cap,
                                 "connection cap reached: new connections wait until one closes"

@@ -95,6 +95,8 @@ pub(super) struct Setup {
     pub(super) durable: bool,
     /// Where the file is (opened again for direct writes).
     pub(super) path: std::path::PathBuf,
+    /// The node's metrics, if it has any.
+    pub(super) metrics: Option<Arc<crate::metrics::PeerMetrics>>,
 }
 
 /// Shared state of one download's data phase.
@@ -171,6 +173,11 @@ impl Transfer {
 
     pub(super) fn writer(&self) -> &PieceWriter {
         &self.writer
+    }
+
+    /// The node's metrics, if it has any.
+    pub(super) fn metrics(&self) -> Option<&crate::metrics::PeerMetrics> {
+        self.setup.metrics.as_deref()
     }
 
     pub(super) fn stall_timeout(&self) -> Duration {

@@ -258,6 +258,9 @@ async fn fetch(
             }
             Ok(Some(Ok(Some(m)))) => m,
         };
+        if let Some(metrics) = transfer.metrics() {
+            metrics.received(message.data.len());
+        }
         if message.first_block != expected_block || message.data.is_empty() {
             return Err(End::Corrupt(format!(
                 "sent block {} ({} bytes) where block {expected_block} was due",
@@ -317,7 +320,7 @@ async fn queue_piece(
         .writer()
         .submit(piece, offset, data)
         .await
-        .map_err(|e| failure(piece, e))?;
+        .map_err(|e| failure(transfer, piece, e))?;
     Ok(PendingPiece {
         piece,
         len,
@@ -336,14 +339,19 @@ async fn finish_piece(
         .written
         .wait()
         .await
-        .map_err(|e| failure(piece, e))?;
+        .map_err(|e| failure(transfer, piece, e))?;
     transfer.piece_done(key, pending.piece, pending.len);
     Ok(())
 }
 
-fn failure(piece: PieceIndex, failure: PieceFailure) -> End {
+fn failure(transfer: &Transfer, piece: PieceIndex, failure: PieceFailure) -> End {
     match failure {
-        PieceFailure::Corrupt => End::Corrupt(format!("sent corrupt data for piece {piece}")),
+        PieceFailure::Corrupt => {
+            if let Some(metrics) = transfer.metrics() {
+                metrics.piece_rejected();
+            }
+            End::Corrupt(format!("sent corrupt data for piece {piece}"))
+        }
         PieceFailure::Local(e) => End::Local(e),
     }
 }

@@ -105,6 +105,13 @@ impl Default for ServeLimits {
     }
 }
 
+impl ServeLimits {
+    /// The peer's metrics, if its server has any (`connections.metrics`).
+    pub(crate) fn peer_metrics(&self) -> Option<Arc<crate::metrics::PeerMetrics>> {
+        self.connections.metrics.as_ref()?.peer().cloned()
+    }
+}
+
 /// Counts the streams served to each client IP address against a cap.
 #[derive(Debug)]
 pub(super) struct AddressStreams {
