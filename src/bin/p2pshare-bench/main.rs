@@ -41,6 +41,7 @@
 //! `--startup-cold` evicts the start-up folder before the first scan.
 
 mod baseline;
+mod cgroup;
 mod child;
 mod crowd;
 mod error;

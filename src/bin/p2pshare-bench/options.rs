@@ -101,6 +101,12 @@ pub(crate) struct SwarmOptions {
     /// Seconds of `WhoHas` load per measurement.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=600))]
     pub(crate) tracker_seconds: u32,
+    /// The tracker-redis scenario also measures one and two trackers with each tracker process
+    /// held to this many cores (a cgroup CPU quota: a small host of its own; needs root), so
+    /// the scaling of the shared store shows on a machine whose cores Redis, the trackers and the
+    /// load generator share. 0: no capped rows.
+    #[arg(long, default_value_t = 0.25)]
+    pub(crate) tracker_cpu_quota: f64,
     /// Size of the folder of the start-up scenario (the target is for 4G).
     #[arg(long, default_value = "1G", value_parser = human::parse_size)]
     pub(crate) startup_size: u64,

@@ -6,6 +6,7 @@
 //! goes: the machine's cores are shared by Redis, both trackers and the load generator).
 
 use super::{rate, Runner};
+use crate::cgroup::CpuQuota;
 use crate::child::{ChildReport, LoadReport, Plan, TrackerLoadReport};
 use crate::error::BenchError;
 use crate::memory::cpu_seconds;
@@ -85,6 +86,18 @@ fn redis_info(port: u16) -> Result<(u64, u64), String> {
     Ok((field("used_memory"), field("used_memory_rss")))
 }
 
+/// How many keys the server on `port` holds (0: nothing registered yet).
+fn redis_dbsize(port: u16) -> Result<u64, String> {
+    let client =
+        redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+    let mut connection = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    redis::cmd("DBSIZE")
+        .query(&mut connection)
+        .map_err(|e| e.to_string())
+}
+
 /// A `tracker` process on the Redis store; its address.
 fn start_tracker_process(exe: &Path, port: u16) -> Result<(Killed, String), BenchError> {
     let unlimited = usize::MAX.to_string();
@@ -147,19 +160,85 @@ impl Runner<'_> {
         let (a, address_a) = start_tracker_process(&exe, port)?;
         let (b, address_b) = start_tracker_process(&exe, port)?;
         let pids = [redis.0.id(), a.0.id(), b.0.id()];
+        let addresses = [address_a, address_b];
+        let (one, two, memory) = self.redis_runs(&addresses, pids, port, o.runs)?;
+        if let Some((first, _)) = one.first() {
+            let (used, rss) = memory.unwrap_or((0, 0));
+            self.push(Row {
+                scenario: format!(
+                    "tracker-redis: register {} peers x {} files (Redis store)",
+                    o.tracker_peers, o.tracker_files
+                ),
+                seconds: Some(first.register_seconds),
+                notes: format!(
+                    "{:.0} registrations/s through one tracker; {} refused; Redis INFO memory: used_memory {:.1} MiB, used_memory_rss {:.1} MiB ({:.0} B per catalog entry)",
+                    o.tracker_peers as f64 / first.register_seconds.max(1e-9),
+                    first.register_errors,
+                    used as f64 / 1048576.0,
+                    rss as f64 / 1048576.0,
+                    used as f64 / (o.tracker_peers as f64 * o.tracker_files as f64).max(1.0),
+                ),
+                ..Row::default()
+            });
+        }
+        self.redis_rows(&one, &two, "");
+        if o.tracker_cpu_quota > 0.0 {
+            let cores = o.tracker_cpu_quota;
+            let capped = |n: u32| {
+                let group =
+                    CpuQuota::new(&format!("p2pshare-bench-{}-{n}", std::process::id()), cores)?;
+                group.add(pids[n as usize])?;
+                Ok::<_, String>(group)
+            };
+            match capped(1).and_then(|a| Ok((a, capped(2)?))) {
+                Ok(_groups) => {
+                    let (one, two, _) = self.redis_runs(&addresses, pids, port, o.runs)?;
+                    self.redis_rows(&one, &two, &format!(", each tracker held to {cores} core"));
+                }
+                Err(e) => self.say(&format!(
+                    "tracker-redis: no capped rows (each tracker held to {cores} core): {e}"
+                )),
+            }
+        }
+        drop((a, b, redis));
+        Ok(())
+    }
+
+    /// `runs` runs of WhoHas on one tracker then on both (`addresses`); the first run of a
+    /// scenario registers the synthetic peers through the first tracker (the store is empty
+    /// until then). Each result with the CPU seconds of Redis, tracker A, tracker B and the load
+    /// generator (`pids`: the first three); and Redis's memory after registering.
+    #[allow(clippy::type_complexity)]
+    fn redis_runs(
+        &mut self,
+        addresses: &[String; 2],
+        pids: [u32; 3],
+        port: u16,
+        runs: u32,
+    ) -> Result<
+        (
+            Vec<(TrackerLoadReport, [f64; 4])>,
+            Vec<(TrackerLoadReport, [f64; 4])>,
+            Option<(u64, u64)>,
+        ),
+        BenchError,
+    > {
+        let o = self.opts;
         let mut one: Vec<(TrackerLoadReport, [f64; 4])> = Vec::new();
         let mut two: Vec<(TrackerLoadReport, [f64; 4])> = Vec::new();
         let mut memory = None;
-        for run in 0..o.runs {
-            // Each run: one tracker, then both (the first registers the peers through A).
+        let empty = redis_dbsize(port).unwrap_or(0) == 0;
+        for run in 0..runs {
+            // Each run: one tracker, then both.
             for (both, into) in [(false, &mut one), (true, &mut two)] {
+                let register = empty && run == 0 && !both;
                 let plan = Plan::TrackerLoad {
                     tracker: if both {
-                        format!("{address_a},{address_b}")
+                        addresses.join(",")
                     } else {
-                        address_a.clone()
+                        addresses[0].clone()
                     },
-                    register: run == 0 && !both,
+                    register,
                     peers: o.tracker_peers,
                     files_per_peer: o.tracker_files,
                     connections: o.tracker_connections,
@@ -188,31 +267,24 @@ impl Runner<'_> {
                         load_cpu,
                     ],
                 ));
-                if run == 0 && !both {
+                if register {
                     memory = redis_info(port).ok();
                 }
             }
         }
-        drop((a, b, redis));
-        if let Some((first, _)) = one.first() {
-            let (used, rss) = memory.unwrap_or((0, 0));
-            self.push(Row {
-                scenario: format!(
-                    "tracker-redis: register {} peers x {} files (Redis store)",
-                    o.tracker_peers, o.tracker_files
-                ),
-                seconds: Some(first.register_seconds),
-                notes: format!(
-                    "{:.0} registrations/s through one tracker; {} refused; Redis INFO memory: used_memory {:.1} MiB, used_memory_rss {:.1} MiB ({:.0} B per catalog entry)",
-                    o.tracker_peers as f64 / first.register_seconds.max(1e-9),
-                    first.register_errors,
-                    used as f64 / 1048576.0,
-                    rss as f64 / 1048576.0,
-                    used as f64 / (o.tracker_peers as f64 * o.tracker_files as f64).max(1.0),
-                ),
-                ..Row::default()
-            });
-        }
+        Ok((one, two, memory))
+    }
+
+    /// The rows of one set of [`Self::redis_runs`]: one tracker, two trackers and their ratio,
+    /// per depth; `label` says how the trackers were run.
+    #[allow(clippy::type_complexity)]
+    fn redis_rows(
+        &mut self,
+        one: &[(TrackerLoadReport, [f64; 4])],
+        two: &[(TrackerLoadReport, [f64; 4])],
+        label: &str,
+    ) {
+        let o = self.opts;
         for &depth in &o.tracker_in_flight {
             let of = |runs: &[(TrackerLoadReport, [f64; 4])]| -> Vec<(LoadReport, [f64; 4])> {
                 runs.iter()
@@ -221,7 +293,7 @@ impl Runner<'_> {
                     })
                     .collect()
             };
-            let (ones, twos) = (of(&one), of(&two));
+            let (ones, twos) = (of(one), of(two));
             let ratios: Vec<f64> = ones
                 .iter()
                 .zip(&twos)
@@ -229,7 +301,7 @@ impl Runner<'_> {
                 .collect();
             let connections = o.tracker_connections;
             let ratio_median = median(ratios.iter().copied());
-            for (label, loads) in [("one tracker", &ones), ("two trackers", &twos)] {
+            for (which, loads) in [("one tracker", &ones), ("two trackers", &twos)] {
                 let p99 = median(loads.iter().map(|(l, _)| l.p99));
                 let errors: u64 = loads.iter().map(|(l, _)| l.errors).sum();
                 // Where the CPU went, by process, over these runs' whole child (every depth and
@@ -239,7 +311,7 @@ impl Runner<'_> {
                 });
                 let total: f64 = cpu.iter().sum::<f64>().max(1e-9);
                 let per = |s: f64| 100.0 * s / total;
-                let is_two = label == "two trackers";
+                let is_two = which == "two trackers";
                 let runs = ratios
                     .iter()
                     .map(|r| format!("{r:.2}x"))
@@ -247,7 +319,7 @@ impl Runner<'_> {
                     .join(" / ");
                 self.push(Row {
                     scenario: format!(
-                        "tracker-redis: WhoHas, {label}, {connections} connections x {depth} in flight"
+                        "tracker-redis: WhoHas, {which}{label}, {connections} connections x {depth} in flight"
                     ),
                     seconds: median(loads.iter().map(|(l, _)| l.seconds)),
                     ratio: if is_two { ratio_median } else { None },
@@ -270,6 +342,5 @@ impl Runner<'_> {
                 });
             }
         }
-        Ok(())
     }
 }
