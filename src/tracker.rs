@@ -135,7 +135,8 @@ pub async fn serve_with_store(
         idle_timeout: connections.idle_timeout.max(config.heartbeat_interval * 3),
         ..connections.clone()
     };
-    let service = TrackerService::over(store);
+    let service = TrackerService::over(store)
+        .counting_in(connections.metrics.as_ref().map(|m| m.server().clone()));
     let gauges = connections
         .metrics
         .as_ref()

@@ -411,3 +411,84 @@ async fn the_binaries_print_where_their_metrics_are() {
     drop(peer_child);
     drop(tracker_child);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_counts_its_refusals_by_the_cap_that_refused() {
+    use p2pshare::pb::tracker as tpb;
+    let stop = CancellationToken::new();
+    let (metrics, scrape_at) = exporter(ServiceKind::Tracker, &stop).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tracker = listener.local_addr().unwrap();
+    let limits = ServerLimits {
+        metrics: Some(metrics),
+        ..ServerLimits::default()
+    };
+    let caps = TrackerLimits {
+        max_peers: 1,
+        max_files_per_peer: 2,
+        ..TrackerLimits::default()
+    };
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            p2pshare::tracker::serve_configured(
+                listener,
+                TrackerConfig::default(),
+                caps,
+                ServerSecurity::default(),
+                &limits,
+                stop.cancelled_owned(),
+            )
+            .await
+        }
+    });
+    let mut client = tpb::tracker_client::TrackerClient::new(
+        p2pshare::grpc::channel(&tracker.to_string()).unwrap(),
+    );
+    let register = |id: &str, files: usize| tpb::RegisterRequest {
+        peer_id: id.into(),
+        port: 7000,
+        files: (0..files)
+            .map(|i| {
+                let name = format!("f{i}");
+                tpb::FileEntry {
+                    content_id: p2pshare::chunking::ContentId::of(name.as_bytes()).to_hex(),
+                    size: 1,
+                    name,
+                    ..Default::default()
+                }
+            })
+            .collect(),
+        ..Default::default()
+    };
+    // Too many files for one peer, then a second peer past --max-peers 1.
+    let too_many = client.register(register("a", 3)).await.unwrap_err();
+    assert_eq!(
+        too_many.code(),
+        tonic::Code::ResourceExhausted,
+        "{too_many:?}"
+    );
+    client.register(register("a", 2)).await.unwrap();
+    let full = client.register(register("b", 1)).await.unwrap_err();
+    assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
+
+    let samples = scrape(scrape_at).await;
+    let refused = |limit: &str| {
+        value(
+            &samples,
+            &format!("p2pshare_refusals_total{{limit=\"{limit}\"}}"),
+        )
+    };
+    assert_eq!(refused("max_files_per_peer"), 1.0);
+    assert_eq!(refused("max_peers"), 1.0);
+    for other in ["max_peers_per_ip", "max_files_per_ip", "max_catalog_files"] {
+        assert_eq!(refused(other), 0.0, "{other}");
+    }
+    assert_eq!(
+        value(&samples, &rpc(TRACKER, "Register", "RESOURCE_EXHAUSTED")),
+        2.0
+    );
+    // A tracker has no stream limits: those series are not shown.
+    assert!(!samples.contains_key("p2pshare_refusals_total{limit=\"upload_slots\"}"));
+    stop.cancel();
+}

@@ -12,6 +12,7 @@ use common::redis::RedisServer;
 use p2pshare::chunking::ContentId;
 use p2pshare::pb::tracker as pb;
 use p2pshare::tracker::{StoreConfig, TrackerLimits};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::*;
 use tonic::Code;
@@ -336,7 +337,7 @@ async fn peers_fail_over_between_trackers_sharing_redis_with_their_session() {
     let url = server.url();
     let args = ["--store", url.as_str(), "--heartbeat-interval", "1"];
     let a = TrackerProcess::start(&args);
-    let b = TrackerProcess::start(&args);
+    let b = TrackerProcess::start(&[&args[..], &["--metrics-addr", "127.0.0.1:0"]].concat());
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
     let root = tempfile::tempdir().unwrap();
     let files = root.path().join("S").join("files");
@@ -382,6 +383,15 @@ async fn peers_fail_over_between_trackers_sharing_redis_with_their_session() {
         "S registered with its first tracker: {}",
         a.log_text()
     );
+    // B's gauges read the shared store: S, registered with A, is counted there too.
+    let metrics = b.metrics_addr().expect("B serves metrics");
+    eventually("B's gauges count S (a scrape of B)", step, || async move {
+        scrape_line(metrics, "p2pshare_tracker_peers ")
+            .await
+            .as_deref()
+            == Some("1")
+    })
+    .await;
     drop(a);
 
     // S moves to B with its token (shared store): its next announcement lands there...
@@ -424,4 +434,25 @@ async fn peers_fail_over_between_trackers_sharing_redis_with_their_session() {
     );
     let got = std::fs::read(root.path().join("D").join("files").join("movie.bin")).unwrap();
     assert!(got == movie, "downloaded copy differs");
+}
+
+/// The value of the first line of a scrape of `metrics` starting with `series` (None if the
+/// scrape failed or has no such line).
+async fn scrape_line(metrics: SocketAddr, series: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(metrics).await.ok()?;
+        let request = "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.ok()?;
+        Some(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()??;
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .map(|v| v.trim().to_string())
 }

@@ -19,14 +19,29 @@ pub(crate) enum Refusal {
     StreamsPerAddress,
     /// A GetBlocks stream refused: every one of `--upload-slots` taken (choked).
     UploadSlots,
+    /// A registration refused: the tracker holds `--max-peers` live peers.
+    TrackerPeers,
+    /// A registration refused: `--max-peers-per-ip` live peers from its address.
+    TrackerPeersPerIp,
+    /// A catalog refused: past `--max-files-per-peer`.
+    TrackerFilesPerPeer,
+    /// A catalog refused: past `--max-files-per-ip` for its address.
+    TrackerFilesPerIp,
+    /// A catalog refused: the whole catalog at `--max-catalog-files`.
+    TrackerCatalog,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 4] = [
+    const ALL: [Refusal; 9] = [
         Refusal::ConnectionsPerAddress,
         Refusal::Streams,
         Refusal::StreamsPerAddress,
         Refusal::UploadSlots,
+        Refusal::TrackerPeers,
+        Refusal::TrackerPeersPerIp,
+        Refusal::TrackerFilesPerPeer,
+        Refusal::TrackerFilesPerIp,
+        Refusal::TrackerCatalog,
     ];
 
     fn label(self) -> &'static str {
@@ -35,15 +50,27 @@ impl Refusal {
             Refusal::Streams => "max_streams",
             Refusal::StreamsPerAddress => "max_streams_per_address",
             Refusal::UploadSlots => "upload_slots",
+            Refusal::TrackerPeers => "max_peers",
+            Refusal::TrackerPeersPerIp => "max_peers_per_ip",
+            Refusal::TrackerFilesPerPeer => "max_files_per_peer",
+            Refusal::TrackerFilesPerIp => "max_files_per_ip",
+            Refusal::TrackerCatalog => "max_catalog_files",
         }
     }
 
     /// Whether a server of `kind` has this limit.
     fn applies_to(self, kind: ServiceKind) -> bool {
-        matches!(
-            (self, kind),
-            (Refusal::ConnectionsPerAddress, _) | (_, ServiceKind::Peer)
-        )
+        match self {
+            Refusal::ConnectionsPerAddress => true,
+            Refusal::Streams | Refusal::StreamsPerAddress | Refusal::UploadSlots => {
+                matches!(kind, ServiceKind::Peer)
+            }
+            Refusal::TrackerPeers
+            | Refusal::TrackerPeersPerIp
+            | Refusal::TrackerFilesPerPeer
+            | Refusal::TrackerFilesPerIp
+            | Refusal::TrackerCatalog => matches!(kind, ServiceKind::Tracker),
+        }
     }
 }
 
@@ -104,7 +131,7 @@ impl ServerMetrics {
         });
         registry.register(
             "refusals",
-            "Connections and streams refused by a limit, by the flag that sets it",
+            "Connections, streams and registrations refused by a limit, by the flag that sets it",
             refusals_family,
         );
         let closed_family = Family::<Labels, Counter>::default();

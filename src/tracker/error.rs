@@ -54,6 +54,21 @@ pub(crate) enum TrackerError {
     StoreUnavailable(String),
 }
 
+impl TrackerError {
+    /// The tracker cap this error is a refusal by, if it is one (for the metrics).
+    pub(crate) fn limit(&self) -> Option<crate::metrics::Refusal> {
+        use crate::metrics::Refusal;
+        match self {
+            TrackerError::TooManyPeers(_) => Some(Refusal::TrackerPeers),
+            TrackerError::TooManyPeersFrom(..) => Some(Refusal::TrackerPeersPerIp),
+            TrackerError::TooManyFiles(_) => Some(Refusal::TrackerFilesPerPeer),
+            TrackerError::TooManyFilesFrom(..) => Some(Refusal::TrackerFilesPerIp),
+            TrackerError::CatalogFull(_) => Some(Refusal::TrackerCatalog),
+            _ => None,
+        }
+    }
+}
+
 /// The error's own text, under the canonical code that says what kind of failure it is, so
 /// clients in any language can act on it (a peer re-registers on NOT_FOUND, for one).
 impl From<TrackerError> for Status {

@@ -10,6 +10,7 @@ use super::store::{Registration, Store, TrackerStore};
 use super::TrackerError;
 #[cfg(test)]
 use super::{TrackerConfig, TrackerLimits};
+use crate::metrics::ServerMetrics;
 use crate::names::validate_peer_id;
 use crate::pb::tracker as pb;
 use crate::pb::tracker::tracker_server::Tracker;
@@ -23,6 +24,8 @@ use tracing::{field, Instrument, Span};
 #[derive(Clone)]
 pub(crate) struct TrackerService {
     store: Arc<dyn Store>,
+    /// The server's metrics, where refusals by a cap are counted (none: not counted).
+    metrics: Option<Arc<ServerMetrics>>,
 }
 
 impl TrackerService {
@@ -34,7 +37,25 @@ impl TrackerService {
 
     /// A service over `store` (shared with whoever else holds it).
     pub(crate) fn over(store: TrackerStore) -> Self {
-        TrackerService { store: store.0 }
+        TrackerService {
+            store: store.0,
+            metrics: None,
+        }
+    }
+
+    /// The same service counting its refusals by a cap in `metrics`.
+    pub(crate) fn counting_in(self, metrics: Option<Arc<ServerMetrics>>) -> Self {
+        TrackerService { metrics, ..self }
+    }
+
+    /// `result`, its refusal by a cap (if it is one) counted first.
+    fn counted<T>(&self, result: Result<T, TrackerError>) -> Result<T, TrackerError> {
+        if let (Err(e), Some(metrics)) = (&result, &self.metrics) {
+            if let Some(limit) = e.limit() {
+                metrics.refused(limit);
+            }
+        }
+        result
     }
 
     /// The store the service answers from.
@@ -106,16 +127,17 @@ impl Tracker for TrackerService {
             let count = files.len();
             let registered = if let Some(address) = address {
                 let observed_ip = remote.map(|a| a.ip().to_canonical());
-                let registered = self
-                    .store
-                    .register(Registration {
-                        peer_id: req.peer_id.clone(),
-                        address,
-                        observed_ip,
-                        presented_token: req.session_token,
-                        files,
-                    })
-                    .await?;
+                let registered = self.counted(
+                    self.store
+                        .register(Registration {
+                            peer_id: req.peer_id.clone(),
+                            address,
+                            observed_ip,
+                            presented_token: req.session_token,
+                            files,
+                        })
+                        .await,
+                )?;
                 tracing::info!(
                     peer = %req.peer_id,
                     address = %registered.address,
@@ -125,10 +147,11 @@ impl Tracker for TrackerService {
                 registered
             } else {
                 // One more batch of a registered peer's catalog.
-                let registered = self
-                    .store
-                    .register_more(&req.peer_id, &req.session_token, files)
-                    .await?;
+                let registered = self.counted(
+                    self.store
+                        .register_more(&req.peer_id, &req.session_token, files)
+                        .await,
+                )?;
                 tracing::debug!(peer = %req.peer_id, files = count, "catalog batch added");
                 registered
             };
@@ -179,9 +202,11 @@ impl Tracker for TrackerService {
                 .ok_or_else(|| TrackerError::InvalidArgument("file is required".into()))?;
             let file = CheckedFile::try_from(file)?;
             let name = file.name().to_string();
-            self.store
-                .announce(&req.peer_id, &req.session_token, file)
-                .await?;
+            self.counted(
+                self.store
+                    .announce(&req.peer_id, &req.session_token, file)
+                    .await,
+            )?;
             // Logged once checked: nothing unvalidated reaches the log.
             tracing::info!(peer = %req.peer_id, file = %name, "file announced");
             Ok(pb::AnnounceFileResponse {})

@@ -217,7 +217,13 @@ impl TrackerProcess {
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut banner = Vec::new();
-        while !banner.iter().any(|l: &String| l.starts_with("store ")) {
+        // The banner ends with the store, or with the metrics' address when they are served.
+        let last = if args.contains(&"--metrics-addr") {
+            "metrics at "
+        } else {
+            "store "
+        };
+        while !banner.iter().any(|l: &String| l.starts_with(last)) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = rx
                 .recv_timeout(left)
@@ -236,6 +242,16 @@ impl TrackerProcess {
             banner,
             log,
         }
+    }
+
+    /// Where it serves its metrics, if it was started with `--metrics-addr`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.banner.iter().find_map(|l| {
+            l.strip_prefix("metrics at http://")?
+                .strip_suffix("/metrics")?
+                .parse()
+                .ok()
+        })
     }
 
     /// What it has logged so far.
