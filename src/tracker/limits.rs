@@ -5,8 +5,8 @@
 //! Memory follows the caps. Measured with `tests/tracker_bounds.rs` (VmHWM of a `tracker`
 //! process): about 350 bytes an entry with 33-byte names (875 000 entries: 308 MiB), 590 with
 //! the longest, 250-byte, names each held once (492 000 entries: 298 MiB), much less where names
-//! are shared (20 000 peers x 5 files: 30 MiB). So the default catalog cap keeps a tracker
-//! flooded with maximal registrations near 300 MiB.
+//! are shared (20 000 peers x 5 files: 30 MiB). So the default catalog cap (1,000,000) keeps a
+//! tracker flooded with maximal registrations under 600 MiB.
 
 /// Caps on what a tracker keeps. Each is an option of the `tracker` binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,9 @@ impl Default for TrackerLimits {
             max_peers_per_ip: 256,
             max_files_per_peer: 100_000,
             max_files_per_ip: 200_000,
-            max_catalog_files: 500_000,
+            // 100,000 peers x 10 files: about 200 MiB with shared names, under 600 MiB with
+            // every entry the longest name held once.
+            max_catalog_files: 1_000_000,
         }
     }
 }
