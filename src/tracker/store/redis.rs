@@ -142,7 +142,8 @@ impl RedisStore {
 
     /// Runs `call` within [`CALL_TIMEOUT`]; the reply as a list of values.
     async fn run(&self, call: Call<'_>) -> Result<Vec<Value>, TrackerError> {
-        let reply = tokio::time::timeout(CALL_TIMEOUT, self.connection.invoke(&call.invocation)).await;
+        let reply =
+            tokio::time::timeout(CALL_TIMEOUT, self.connection.invoke(&call.invocation)).await;
         match reply {
             Ok(Ok(Value::Array(values))) => Ok(values),
             Ok(Ok(_)) => Err(self.unusable("a reply that is not a list")),

@@ -83,7 +83,9 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     if url.starts_with(CLUSTER_SCHEME) {
         cluster_client(url, Duration::from_secs(1)).map(|_| ())
     } else {
-        redis::Client::open(url).map(|_| ()).map_err(|e| e.to_string())
+        redis::Client::open(url)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -124,8 +126,7 @@ fn cluster_seeds(url: &str) -> Result<Vec<String>, String> {
         .map(|seed| format!("redis://{credentials}{seed}"))
         .collect();
     for seed in &seeds {
-        redis::Client::open(seed.as_str())
-            .map_err(|e| format!("seed {}: {e}", redacted(seed)))?;
+        redis::Client::open(seed.as_str()).map_err(|e| format!("seed {}: {e}", redacted(seed)))?;
     }
     Ok(seeds)
 }
