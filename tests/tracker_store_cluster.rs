@@ -1,7 +1,8 @@
 //! The Redis store on a real Redis Cluster (`--store redis+cluster://...`): trackers given
 //! different seed nodes, neither of them the node that owns the swarm's slot, share one view
 //! and one set of tokens; the slot moved to another node while they serve (the clients then
-//! get MOVED) changes nothing; and the real `tracker` names the Cluster in its banner.
+//! get MOVED) changes nothing; the owner killed is UNAVAILABLE within the store's bound; and
+//! the real `tracker` names the Cluster in its banner.
 
 mod common;
 #[path = "tracker_store/support.rs"]
@@ -24,7 +25,7 @@ fn not_owning(cluster: &RedisCluster, prefix: &str) -> (u16, usize, Vec<usize>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trackers_on_a_cluster_share_one_view_through_any_seed_and_a_moved_slot() {
-    let Some(cluster) = RedisCluster::start() else {
+    let Some(mut cluster) = RedisCluster::start() else {
         return;
     };
     let (slot, owner, others) = not_owning(&cluster, "test");
@@ -99,6 +100,19 @@ async fn trackers_on_a_cluster_share_one_view_through_any_seed_and_a_moved_slot(
         Code::NotFound
     );
     assert_eq!(peer_ids(&mut cb, 0).await, ["p2"]);
+    // The node that owns the slot dies (no replica to promote): UNAVAILABLE within the store's
+    // bound, naming the Cluster, never a hang (the outer timeout only catches one).
+    cluster.nodes[others[0]].kill();
+    let err = tokio::time::timeout(Duration::from_secs(30), holders(&mut ca, "a"))
+        .await
+        .expect("WhoHas hung with the owner down")
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains("Redis at redis+cluster://127.0.0.1:"),
+        "{err:?}"
+    );
     a.stop().await;
     b.stop().await;
 }

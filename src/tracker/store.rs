@@ -132,7 +132,7 @@ pub(crate) trait Store: Send + Sync + 'static {
 /// Why a store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The `--store` value is not `memory` or a `redis://` URL.
+    /// The `--store` value is not `memory`, a `redis://` URL or a `redis+cluster://` seed list.
     #[error("--store {0}")]
     BadSpec(String),
     /// The Redis server did not answer.
