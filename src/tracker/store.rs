@@ -3,9 +3,10 @@
 //!
 //! * `memory`: the [`Registry`](super::registry) behind a mutex, in this process (the default:
 //!   nothing to install; lost on restart, rebuilt by the peers' re-registrations).
-//! * `redis`: the same state in a Redis 7 server (or one slot of a Redis Cluster), so several
-//!   tracker processes share one view: a peer registered with one is listed by all, a token one
-//!   handed out is good on every one, and a tracker restarted empty serves the full view at once.
+//! * `redis`: the same state in a Redis 7 server or a Redis Cluster (`redis+cluster://`: a swarm
+//!   is one slot of it, on one node at a time), so several tracker processes share one view: a
+//!   peer registered with one is listed by all, a token one handed out is good on every one, and
+//!   a tracker restarted empty serves the full view at once.
 //!
 //! Both answer with the same shapes and caps (the contract tests in `tests/tracker_store.rs` run
 //! the same assertions against both). The store keeps time itself (the memory store the
@@ -131,7 +132,7 @@ pub(crate) trait Store: Send + Sync + 'static {
 /// Why a store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The `--store` value is not `memory` or a `redis://` URL.
+    /// The `--store` value is not `memory`, a `redis://` URL or a `redis+cluster://` seed list.
     #[error("--store {0}")]
     BadSpec(String),
     /// The Redis server did not answer.
@@ -153,10 +154,11 @@ pub enum StoreConfig {
     /// In this process (the default).
     #[default]
     Memory,
-    /// In a Redis server shared with other trackers.
+    /// In a Redis server, or a Redis Cluster, shared with other trackers.
     Redis {
         /// `redis://HOST:PORT[/DB]` (or `rediss://`, `redis+unix://`), as the `redis` crate
-        /// reads it.
+        /// reads it; or `redis+cluster://[USER[:PASSWORD]@]HOST:PORT[,HOST:PORT...]`, seed
+        /// nodes of a Redis Cluster.
         url: String,
         /// The key prefix (a hash tag: every key is `{PREFIX}:...`), so several swarms can
         /// share one server.
@@ -168,23 +170,27 @@ pub enum StoreConfig {
 pub const DEFAULT_REDIS_PREFIX: &str = "p2pshare";
 
 impl StoreConfig {
-    /// Reads a `--store` value: `memory`, or a Redis URL (keys under `{prefix}:`).
+    /// Reads a `--store` value: `memory`, a Redis URL, or `redis+cluster://` and a Redis
+    /// Cluster's seed nodes (keys under `{prefix}:`).
     pub fn parse(spec: &str, prefix: &str) -> Result<Self, StoreError> {
         if spec == "memory" {
             return Ok(StoreConfig::Memory);
         }
         if !(spec.starts_with("redis://")
             || spec.starts_with("rediss://")
-            || spec.starts_with("redis+unix://"))
+            || spec.starts_with("redis+unix://")
+            || spec.starts_with(redis::CLUSTER_SCHEME))
         {
             return Err(StoreError::BadSpec(format!(
-                "{:?}: expected `memory` or `redis://HOST:PORT[/DB]`",
-                crate::names::at_most(spec, 80)
+                "{:?}: expected `memory`, `redis://HOST:PORT[/DB]` or \
+                 `{}HOST:PORT[,HOST:PORT...]`",
+                crate::names::at_most(spec, 80),
+                redis::CLUSTER_SCHEME
             )));
         }
         redis::check_prefix(prefix)?;
         // Parsed now so that a typo fails at start-up, not at the first call.
-        ::redis::Client::open(spec)
+        redis::check_url(spec)
             .map_err(|e| StoreError::BadSpec(format!("{}: {e}", redis::redacted(spec))))?;
         Ok(StoreConfig::Redis {
             url: spec.to_string(),

@@ -1,4 +1,5 @@
-//! The Redis store: the tracker's soft state in a Redis 7 server that several trackers share.
+//! The Redis store: the tracker's soft state in a Redis 7 server, or a Redis Cluster, that
+//! several trackers share (`connection`: one server or a Cluster, the same scripts either way).
 //!
 //! Liveness is an expiring key per peer (three heartbeat intervals, renewed by every
 //! authenticated call); holders are sets per version; every operation whose check and writes
@@ -7,13 +8,16 @@
 //!
 //! Every call is bounded in time ([`CALL_TIMEOUT`]): a Redis that is down or stuck makes calls
 //! fail with [`TrackerError::StoreUnavailable`] (UNAVAILABLE), never hang; the connection
-//! manager reconnects in the background. Everything read back from Redis is treated as hostile
+//! reconnects in the background (on a Cluster, to whichever node owns the slot now). Everything read back from Redis is treated as hostile
 //! input, as a peer's request is: parsed into checked types, bounded, never trusted to be well
 //! formed (an entry that does not parse is skipped, a reply of the wrong shape is
 //! UNAVAILABLE).
 
+mod connection;
 mod reply;
 mod scripts;
+
+pub(super) use connection::{check_url, redacted, CLUSTER_SCHEME};
 
 use super::{Page, Registration, Store, StoreCounts, StoreError};
 use crate::names::{peer_address, validate_file_name, validate_peer_id};
@@ -24,7 +28,7 @@ use crate::tracker::registry::{
     check_who_has, new_token, CheckedFile, Registered, MISSED_HEARTBEATS_BEFORE_DROP,
 };
 use crate::tracker::{TrackerError, TrackerLimits};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use connection::Connection;
 use redis::Value;
 use reply::{count, member, parse_member, parse_versions, split_page, text};
 use scripts::Scripts;
@@ -60,20 +64,9 @@ pub(super) fn check_prefix(prefix: &str) -> Result<(), StoreError> {
     }
 }
 
-/// `url` with any password replaced by `***` (for logs and messages).
-pub(super) fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
 /// The Redis store of one tracker process (the state is on the server).
 pub(crate) struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     /// `{PREFIX}:`.
     prefix: String,
     /// `{PREFIX}:counts`: the key every script declares (it routes the call to the slot).
@@ -98,7 +91,8 @@ impl<'a> Call<'a> {
 }
 
 impl RedisStore {
-    /// Connects to `url` (within [`CALL_TIMEOUT`]), keys under `{prefix}:`.
+    /// Connects to `url` (one server or a Cluster's seeds, within [`CALL_TIMEOUT`]), keys
+    /// under `{prefix}:`.
     pub(super) async fn open(
         url: &str,
         prefix: &str,
@@ -111,20 +105,10 @@ impl RedisStore {
             url: shown.clone(),
             reason,
         };
-        let client = redis::Client::open(url).map_err(|e| unreachable(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            // Reconnection is retried on the next call too: a short burst here is enough.
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = tokio::time::timeout(
-            CALL_TIMEOUT,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| unreachable(format!("no answer within {CALL_TIMEOUT:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        let connection = tokio::time::timeout(CALL_TIMEOUT, Connection::open(url, CALL_TIMEOUT))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {CALL_TIMEOUT:?}")))?
+            .map_err(unreachable)?;
         let prefix = format!("{{{prefix}}}:");
         let store = RedisStore {
             connection,
@@ -158,12 +142,8 @@ impl RedisStore {
 
     /// Runs `call` within [`CALL_TIMEOUT`]; the reply as a list of values.
     async fn run(&self, call: Call<'_>) -> Result<Vec<Value>, TrackerError> {
-        let mut connection = self.connection.clone();
-        let reply = tokio::time::timeout(
-            CALL_TIMEOUT,
-            call.invocation.invoke_async::<Value>(&mut connection),
-        )
-        .await;
+        let reply =
+            tokio::time::timeout(CALL_TIMEOUT, self.connection.invoke(&call.invocation)).await;
         match reply {
             Ok(Ok(Value::Array(values))) => Ok(values),
             Ok(Ok(_)) => Err(self.unusable("a reply that is not a list")),
@@ -491,12 +471,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefixes_and_urls() {
+    fn prefixes() {
         assert!(check_prefix("p2pshare").is_ok());
         for bad in ["", "a{b", "a}", "a b", &"x".repeat(65)] {
             assert!(check_prefix(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(redacted("redis://:pw@h:1/2"), "redis://***@h:1/2");
-        assert_eq!(redacted("redis://h:1"), "redis://h:1");
     }
 }
