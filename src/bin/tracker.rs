@@ -58,9 +58,10 @@ struct Args {
     /// memory (about 350-600 bytes an entry, by name length).
     #[arg(long, value_name = "N", default_value_t = TrackerLimits::default().max_catalog_files)]
     max_catalog_files: usize,
-    /// Where the tracker keeps who is alive and who holds what: `memory` (this process), or a
-    /// Redis 7 server (or Cluster) shared with other trackers, `redis://HOST:PORT[/DB]`:
-    /// trackers on one Redis serve one swarm, and a restarted one serves it at once.
+    /// Where the tracker keeps who is alive and who holds what: `memory` (this process), a Redis 7
+    /// server `redis://HOST:PORT[/DB]`, or a Redis Cluster `redis+cluster://HOST:PORT[,HOST:PORT...]`
+    /// (any of its nodes), shared with other trackers: trackers on one Redis serve one swarm, and
+    /// a restarted one serves it at once.
     #[arg(long, value_name = "STORE", default_value = "memory")]
     store: String,
     /// With a Redis store: the prefix of its keys (`{PREFIX}:...`, one hash tag), so several

@@ -156,7 +156,7 @@ pub enum StoreConfig {
     Memory,
     /// In a Redis server, or a Redis Cluster, shared with other trackers.
     Redis {
-        /// `redis://HOST:PORT[/DB]` (or `rediss://`, `redis+unix://`), as the `redis` crate
+        /// `redis://HOST:PORT[/DB]` (or `redis+unix://`), as the `redis` crate
         /// reads it; or `redis+cluster://[USER[:PASSWORD]@]HOST:PORT[,HOST:PORT...]`, seed
         /// nodes of a Redis Cluster.
         url: String,
@@ -176,8 +176,15 @@ impl StoreConfig {
         if spec == "memory" {
             return Ok(StoreConfig::Memory);
         }
+        if spec.starts_with("rediss://") {
+            // The redis crate is built without a TLS stack: say so at start, not at a connect.
+            return Err(StoreError::BadSpec(format!(
+                "{}: TLS to Redis is not built in; use redis:// on a private network (or through \
+                 a TLS tunnel such as stunnel)",
+                redis::redacted(spec)
+            )));
+        }
         if !(spec.starts_with("redis://")
-            || spec.starts_with("rediss://")
             || spec.starts_with("redis+unix://")
             || spec.starts_with(redis::CLUSTER_SCHEME))
         {
@@ -259,5 +266,31 @@ impl TrackerStore {
 impl fmt::Debug for TrackerStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("TrackerStore")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_values_are_checked_at_start_with_a_clear_message() {
+        assert_eq!(
+            StoreConfig::parse("memory", "p").unwrap(),
+            StoreConfig::Memory
+        );
+        assert!(matches!(
+            StoreConfig::parse("redis://127.0.0.1:6379", "p"),
+            Ok(StoreConfig::Redis { .. })
+        ));
+        for (bad, says) in [
+            ("mongodb://x", "expected `memory`"),
+            ("rediss://:secret@h:1", "TLS to Redis is not built in"),
+        ] {
+            let message = StoreConfig::parse(bad, "p").unwrap_err().to_string();
+            assert!(message.contains(says), "{bad}: {message}");
+            assert!(!message.contains("secret"), "{bad}: {message}");
+        }
+        assert!(StoreConfig::parse("redis://h:1", "a b").is_err());
     }
 }

@@ -7,8 +7,8 @@
 //!
 //! The URL forms (`--store`):
 //!
-//! * `redis://HOST:PORT[/DB]`, `rediss://...`, `redis+unix://...`: one server, as the `redis`
-//!   crate reads them.
+//! * `redis://HOST:PORT[/DB]`, `redis+unix://...`: one server, as the `redis` crate reads them
+//!   (`rediss://` is refused at start: the crate is built without TLS).
 //! * `redis+cluster://[USER[:PASSWORD]@]HOST:PORT[,HOST:PORT...]`: seed nodes of one Cluster
 //!   (any of its nodes, masters or replicas; one is enough, more survive one being down). The
 //!   crate has no URL for a Cluster: each seed becomes `redis://[USER[:PASSWORD]@]HOST:PORT`.
