@@ -10,7 +10,6 @@ use p2pshare::metrics::Metrics;
 use p2pshare::pb::peer as ppb;
 use p2pshare::tracker::{TrackerConfig, TrackerLimits};
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -350,17 +349,7 @@ fn start_until_line(mut command: Command, prefix: &str) -> (Killed, String) {
         .stderr(Stdio::null());
     let mut child = Killed(command.spawn().unwrap());
     let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = common::lines_of(stdout);
     let deadline = Instant::now() + DEADLINE;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -258,6 +258,24 @@ impl Drop for IsolatedPeer {
     }
 }
 
+/// The lines a child writes to `stdout`, read on a thread of their own (so the child never
+/// blocks on a full pipe), as they come; the receiver's `recv_timeout` bounds each wait.
+pub fn lines_of(stdout: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 pub fn seeded_dir(id: &str, files: &[(&str, &[u8])]) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(id);

@@ -192,7 +192,6 @@ pub struct TrackerProcess {
 impl TrackerProcess {
     /// Starts `tracker --port 0 --bind 127.0.0.1 ARGS` and waits for its banner (30 s at most).
     pub fn start(args: &[&str]) -> Self {
-        use std::io::BufRead;
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tracker"))
             .args(["--port", "0", "--bind", "127.0.0.1"])
@@ -204,17 +203,7 @@ impl TrackerProcess {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = crate::common::lines_of(stdout);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut banner = Vec::new();
         // The banner ends with the store, or with the metrics' address when they are served.

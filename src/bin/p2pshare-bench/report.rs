@@ -56,6 +56,15 @@ pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
     })
 }
 
+/// Ratios of several runs as a row's notes show them: `0.91x / 0.97x`.
+pub(crate) fn ratios_note(ratios: &[f64]) -> String {
+    ratios
+        .iter()
+        .map(|r| format!("{r:.2}x"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// `value / reference`, when both make sense.
 pub(crate) fn ratio(value: f64, reference: f64) -> Option<f64> {
     (reference > 0.0 && value.is_finite()).then(|| value / reference)

@@ -104,11 +104,7 @@ impl Runner<'_> {
             let pass = ratio.unwrap_or(0.0) >= 0.8
                 && summary.p99.unwrap_or(1.0) < 0.005
                 && summary.errors == 0;
-            let runs = ratios
-                .iter()
-                .map(|r| format!("{r:.2}x"))
-                .collect::<Vec<_>>()
-                .join(" / ");
+            let runs = crate::report::ratios_note(&ratios);
             self.push(Row {
                 ratio,
                 ratio_to: "empty RPC".into(),

@@ -312,11 +312,7 @@ impl Runner<'_> {
                 let total: f64 = cpu.iter().sum::<f64>().max(1e-9);
                 let per = |s: f64| 100.0 * s / total;
                 let is_two = which == "two trackers";
-                let runs = ratios
-                    .iter()
-                    .map(|r| format!("{r:.2}x"))
-                    .collect::<Vec<_>>()
-                    .join(" / ");
+                let runs = crate::report::ratios_note(&ratios);
                 self.push(Row {
                     scenario: format!(
                         "tracker-redis: WhoHas, {which}{label}, {connections} connections x {depth} in flight"
