@@ -105,9 +105,42 @@ pub fn tracker_address(arg: &str, default_port: u16) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
+/// Reads a listening address given as `IP:PORT` or `HOST:PORT` (a name is resolved once, at
+/// start; its first address is used), e.g. for `--metrics-addr localhost:9100`.
+pub fn listen_address(arg: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = arg.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = arg.rsplit_once(':') else {
+        return Err(format!("{arg:?}: expected HOST:PORT"));
+    };
+    port.parse::<u16>()
+        .map_err(|_| format!("{arg:?}: {port:?} is not a port"))?;
+    if host.is_empty() {
+        return Err(format!("{arg:?}: expected HOST:PORT"));
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(arg)
+        .map_err(|e| format!("{arg:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{arg:?}: the name has no address"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_take_ips_and_names() {
+        assert_eq!(
+            listen_address("127.0.0.1:0").unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        );
+        assert_eq!(listen_address("[::1]:9").unwrap().port(), 9);
+        assert!(listen_address("localhost:9100").unwrap().ip().is_loopback());
+        for bad in ["", "9100", ":9100", "localhost", "localhost:x"] {
+            assert!(listen_address(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn tracker_addresses_resolve() {

@@ -96,8 +96,9 @@ struct Args {
     /// (PEM). Requires --tls-cert and --tls-key: in a TLS swarm everyone serves TLS.
     #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
     tls_ca: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://HOST:PORT/metrics (an IP address; port 0 picks one).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (an IP address or a host name,
+    /// resolved at start; port 0 picks one).
+    #[arg(long, value_name = "HOST:PORT", value_parser = p2pshare::cli::listen_address)]
     metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     connections: ConnectionFlags,

@@ -68,8 +68,9 @@ struct Args {
     /// swarms can share one server.
     #[arg(long, value_name = "PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
     store_prefix: String,
-    /// Serve Prometheus metrics at http://HOST:PORT/metrics (an IP address; port 0 picks one).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (an IP address or a host name,
+    /// resolved at start; port 0 picks one).
+    #[arg(long, value_name = "HOST:PORT", value_parser = p2pshare::cli::listen_address)]
     metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     connections: ConnectionFlags,
