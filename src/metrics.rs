@@ -58,7 +58,6 @@ pub use http::{serve, spawn_exporter, CONNECTION_TIMEOUT, HEADER_READ_TIMEOUT, M
 pub(crate) use peer::{DownloadOutcome, PeerMetrics};
 pub(crate) use rpc::RpcLayer;
 pub(crate) use server::{Closed, Refusal, ServerMetrics};
-pub use tracker::TrackerCounts;
 pub(crate) use tracker::TrackerGauges;
 
 use crate::grpc::ServiceKind;

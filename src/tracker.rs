@@ -151,12 +151,7 @@ pub async fn serve_with_store(
                 reap(&service).await;
                 if let Some(gauges) = &gauges {
                     match service.store().counts().await {
-                        Ok(counts) => gauges.set(crate::metrics::TrackerCounts {
-                            peers: usize::try_from(counts.peers).unwrap_or(usize::MAX),
-                            catalog_entries: usize::try_from(counts.catalog_entries)
-                                .unwrap_or(usize::MAX),
-                            files: usize::try_from(counts.files).unwrap_or(usize::MAX),
-                        }),
+                        Ok(counts) => gauges.set(counts),
                         Err(e) => tracing::debug!("metrics: no counts from the store: {e}"),
                     }
                 }

@@ -9,6 +9,7 @@ mod common;
 mod support;
 
 use common::redis::RedisCluster;
+use common::tracker_process::TrackerProcess;
 use p2pshare::pb::tracker as pb;
 use p2pshare::tracker::{StoreConfig, TrackerLimits};
 use std::time::Duration;

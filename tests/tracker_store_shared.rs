@@ -9,6 +9,7 @@ mod common;
 mod support;
 
 use common::redis::RedisServer;
+use common::tracker_process::TrackerProcess;
 use p2pshare::chunking::ContentId;
 use p2pshare::pb::tracker as pb;
 use p2pshare::tracker::{StoreConfig, TrackerLimits};

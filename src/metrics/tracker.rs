@@ -1,19 +1,9 @@
-//! The tracker's gauges: what it holds now, set from outside (the expiry tick) so that the
-//! metrics do not depend on how the tracker stores its state.
+//! The tracker's gauges: what its store holds now ([`StoreCounts`], memory or Redis alike), set
+//! from outside (the expiry tick).
 
+use crate::tracker::StoreCounts;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-
-/// What a tracker holds at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TrackerCounts {
-    /// Live peers registered.
-    pub peers: usize,
-    /// Catalog entries: one per file per peer, whole or partial.
-    pub catalog_entries: usize,
-    /// Distinct files (name, content id, size) held by at least one live peer.
-    pub files: usize,
-}
 
 /// The tracker's gauges; the tracker sets them with [`TrackerGauges::set`].
 #[derive(Debug, Clone)]
@@ -49,8 +39,8 @@ impl TrackerGauges {
     }
 
     /// Shows `counts`.
-    pub(crate) fn set(&self, counts: TrackerCounts) {
-        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    pub(crate) fn set(&self, counts: StoreCounts) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.peers.set(gauge(counts.peers));
         self.catalog_entries.set(gauge(counts.catalog_entries));
         self.files.set(gauge(counts.files));

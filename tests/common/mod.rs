@@ -10,6 +10,7 @@
 
 pub mod redis;
 pub mod scripted_tracker;
+pub mod tracker_process;
 
 use p2pshare::peer::download::{
     Destination, DownloadError, DownloadReport, DownloadRequest, Progress,

@@ -8,9 +8,7 @@ use p2pshare::pb::tracker as tpb;
 use p2pshare::pb::tracker::tracker_client::TrackerClient;
 use p2pshare::pb::tracker::tracker_server::{Tracker, TrackerServer};
 use p2pshare::tracker::{TrackerConfig, TrackerLimits};
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,66 +79,7 @@ impl Drop for InProcessTracker {
     }
 }
 
-/// A real `tracker` process on a loopback port, killed when dropped.
-pub struct TrackerProcess {
-    child: Child,
-    pub addr: SocketAddr,
-}
-
-impl TrackerProcess {
-    /// Starts `tracker --bind 127.0.0.1 --port 0 <args>` and waits (bounded) for its address.
-    pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tracker"))
-            .args(["--bind", "127.0.0.1", "--port", "0"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tracker");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("tracker listening on ") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("tracker printed its address");
-        TrackerProcess { child, addr }
-    }
-
-    /// The process's peak RSS in bytes (`VmHWM`).
-    pub fn peak_rss(&self) -> u64 {
-        self.status_kib("VmHWM:") * 1024
-    }
-
-    /// The process's RSS now, in bytes (`VmRSS`).
-    pub fn rss(&self) -> u64 {
-        self.status_kib("VmRSS:") * 1024
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-        line.trim_start_matches(field)
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for TrackerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use super::common::tracker_process::TrackerProcess;
 
 /// A client of the tracker at `addr` whose connection comes from `from` (any 127.0.0.0/8
 /// address works on Linux), so one test can be many peers' addresses.
