@@ -256,18 +256,25 @@ fn capped_links_three_holders_complete() {
     assert!(run.stdout.contains("from 3 holder(s)"), "{}", run.stdout);
 }
 
+/// A tracker, three seeders of `f.bin` (`size` bytes) each capped at 40 Mbit/s up (so a
+/// download lasts long enough to pull a cable in the middle of it), and a downloader `d`.
+fn three_capped_seeders(size: usize) -> Option<Setup> {
+    let mut s = Setup::new(&["tracker", "h1", "h2", "h3", "d"], size)?;
+    for host in ["h1", "h2", "h3"] {
+        s.net.cap(host, Direction::Up, 40_000_000).unwrap();
+    }
+    s.seeders(&["h1", "h2", "h3"], "f.bin", &[]);
+    Some(s)
+}
+
 /// One of three holders has its cable pulled mid-download (the process lives on, silent): the
 /// download finishes from the other two, byte for byte.
 #[test]
 fn cut_cable_of_one_holder_mid_download() {
     let size = 24 << 20;
-    let Some(mut s) = Setup::new(&["tracker", "h1", "h2", "h3", "d"], size) else {
+    let Some(mut s) = three_capped_seeders(size) else {
         return;
     };
-    for host in ["h1", "h2", "h3"] {
-        s.net.cap(host, Direction::Up, 40_000_000).unwrap();
-    }
-    s.seeders(&["h1", "h2", "h3"], "f.bin", &[]);
     // A short stall timeout keeps the test short; the benchmark measures the defaults.
     let started = s.start_exec("d", "get f.bin", &["--stall-timeout", "2"]);
     s.wait_received("d", size as u64 * 3 / 10);
@@ -287,13 +294,9 @@ fn cut_cable_of_one_holder_mid_download() {
 #[test]
 fn tracker_cut_mid_download_then_peers_come_back() {
     let size = 24 << 20;
-    let Some(mut s) = Setup::new(&["tracker", "h1", "h2", "h3", "d"], size) else {
+    let Some(mut s) = three_capped_seeders(size) else {
         return;
     };
-    for host in ["h1", "h2", "h3"] {
-        s.net.cap(host, Direction::Up, 40_000_000).unwrap();
-    }
-    s.seeders(&["h1", "h2", "h3"], "f.bin", &[]);
     let started = s.start_exec("d", "get f.bin", &[]);
     s.wait_received("d", size as u64 * 3 / 10);
     s.net.set_link("tracker", false).unwrap();
