@@ -71,3 +71,17 @@ pub(crate) fn page_size(asked: u32) -> usize {
         n => n.min(MAX_PAGE_SIZE),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15's scale (100,000 peers x 10 files) fits a tracker started with no options.
+    #[test]
+    fn the_defaults_hold_a_hundred_thousand_peers_of_ten_files() {
+        let d = TrackerLimits::default();
+        assert!(d.max_peers >= 100_000, "{d:?}");
+        assert!(d.max_catalog_files >= 100_000 * 10, "{d:?}");
+        assert!(d.max_files_per_peer >= 10, "{d:?}");
+    }
+}
