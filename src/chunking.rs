@@ -250,15 +250,29 @@ impl Geometry {
 /// Hash of one piece as it appears in a manifest: the chaining value of the piece as a subtree at
 /// its offset, or, for a file of a single piece, the root hash of the whole file.
 pub(crate) fn piece_hash(geometry: &Geometry, piece: PieceIndex, data: &[u8]) -> [u8; HASH_LEN] {
-    if geometry.piece_count() == 1 {
-        return *blake3::hash(data).as_bytes();
-    }
-    let offset = piece * geometry.piece_size as u64;
+    piece_hash_parts(geometry, piece, [data])
+}
+
+/// [`piece_hash`] of the concatenation of `parts` (a piece as the slices it arrived in).
+pub(crate) fn piece_hash_parts<'a>(
+    geometry: &Geometry,
+    piece: PieceIndex,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> [u8; HASH_LEN] {
     let mut hasher = blake3::Hasher::new();
-    hasher.set_input_offset(offset);
+    let root = geometry.piece_count() == 1;
+    if !root {
+        hasher.set_input_offset(piece * geometry.piece_size as u64);
+    }
     // Large pieces hash faster with blake3's internal SIMD over wide inputs; `update` does that.
-    hasher.update(data);
-    hasher.finalize_non_root()
+    for part in parts {
+        hasher.update(part);
+    }
+    if root {
+        *hasher.finalize().as_bytes()
+    } else {
+        hasher.finalize_non_root()
+    }
 }
 
 /// The verified description of a file: content id, layout and per-piece hashes.
@@ -360,12 +374,22 @@ impl Manifest {
 
     /// True if `data` is exactly piece `piece` of this file.
     pub fn verify_piece(&self, piece: PieceIndex, data: &[u8]) -> bool {
+        self.verify_piece_parts(piece, [data])
+    }
+
+    /// [`Manifest::verify_piece`] of the concatenation of `parts`.
+    pub(crate) fn verify_piece_parts<'a>(
+        &self,
+        piece: PieceIndex,
+        parts: impl IntoIterator<Item = &'a [u8]> + Clone,
+    ) -> bool {
         let Some(expected) = self.piece_hashes.get(piece as usize) else {
             return false;
         };
         let range = self.geometry.piece_bytes(piece);
-        data.len() as u64 == range.end - range.start
-            && piece_hash(&self.geometry, piece, data) == *expected
+        let len: usize = parts.clone().into_iter().map(<[u8]>::len).sum();
+        len as u64 == range.end - range.start
+            && piece_hash_parts(&self.geometry, piece, parts) == *expected
     }
 
     /// The root hash implied by the piece hashes.

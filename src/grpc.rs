@@ -77,6 +77,7 @@ mod connections;
 mod limits;
 mod middleware;
 mod pool;
+mod rope;
 mod security;
 mod server;
 
@@ -88,6 +89,7 @@ pub use limits::{
 };
 pub use middleware::{ClearLimits, SwarmKeyInterceptor};
 pub(crate) use pool::{ChannelPool, Lease};
+pub(crate) use rope::Rope;
 pub(crate) use security::TLS_HANDSHAKE_TIMEOUT;
 pub use security::{
     ClientSecurity, SecurityError, ServerSecurity, SwarmKey, TlsIdentity, TrustedCa,

@@ -7,6 +7,7 @@
 //! [`PeerNode::shutdown`] ends uploads and downloads in flight at once instead of waiting for them,
 //! and is bounded: a client that stops reading cannot hold it up.
 
+pub(crate) mod blocks_wire;
 pub(crate) mod book;
 pub(crate) mod choke;
 pub mod download;

@@ -29,6 +29,7 @@
 //! Channels to holders come from the node's pool (`grpc::pool`): downloads from one holder,
 //! one after another or at once, share one connection to it.
 
+mod blocks_call;
 mod contact;
 pub(crate) mod known;
 mod partial;

@@ -33,9 +33,12 @@
 //!   then the stream still counts against its address's share, so a client that never reads
 //!   holds at most that share's buffers.
 
+mod blocks_route;
 mod error;
 mod limits;
 mod stream;
+
+pub use blocks_route::BlocksRoute;
 
 pub use crate::peer::choke::DEFAULT_UPLOAD_SLOTS;
 pub(crate) use error::ServeError;
@@ -221,12 +224,17 @@ impl PeerService {
     }
 
     /// The tonic server for this service: requests capped at [`MAX_REQUEST_BYTES`] (larger ones
-    /// are answered RESOURCE_EXHAUSTED, see [`crate::grpc::ClearLimits`]).
-    pub fn into_server(self) -> crate::grpc::ClearLimits<PeerServer<Self>> {
-        crate::grpc::ClearLimits::new(
-            PeerServer::new(self)
-                .max_decoding_message_size(MAX_REQUEST_BYTES)
-                .max_encoding_message_size(crate::grpc::MAX_MESSAGE_SIZE),
+    /// are answered RESOURCE_EXHAUSTED, see [`crate::grpc::ClearLimits`]), and `GetBlocks`
+    /// sent without a copy of its data ([`BlocksRoute`]).
+    pub fn into_server(self) -> BlocksRoute<crate::grpc::ClearLimits<PeerServer<Self>>> {
+        let service = Arc::new(self);
+        BlocksRoute::new(
+            crate::grpc::ClearLimits::new(
+                PeerServer::from_arc(service.clone())
+                    .max_decoding_message_size(MAX_REQUEST_BYTES)
+                    .max_encoding_message_size(crate::grpc::MAX_MESSAGE_SIZE),
+            ),
+            service,
         )
     }
 

@@ -83,6 +83,8 @@ pub(crate) struct Link {
     pub(crate) peer_id: String,
     pub(crate) address: String,
     pub(crate) client: PeerClient<ClientChannel>,
+    /// The same channel, for `GetBlocks` below tonic's codec (see [`super::blocks_call`]).
+    pub(crate) channel: ClientChannel,
     /// The hold on the pooled channel: while a link lives, its channel stays pooled.
     lease: Lease,
     /// The holder's `GetPieces` answer, asked together with its manifest (one round trip
@@ -104,8 +106,9 @@ impl Link {
         Some(Link {
             peer_id: peer_id.to_string(),
             address: address.to_string(),
-            client: PeerClient::new(channel)
+            client: PeerClient::new(channel.clone())
                 .max_decoding_message_size(crate::grpc::MAX_MESSAGE_SIZE),
+            channel,
             lease,
             prefetched: Arc::default(),
         })

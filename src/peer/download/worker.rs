@@ -9,6 +9,7 @@
 //! again), a failure or stall (retried after a backoff), or a refusal (choked or busy: retried
 //! soon). Whatever its units had not delivered goes back to the picker.
 
+use super::blocks_call;
 use super::contact::Link;
 use super::known::Outcome;
 use super::picker::{Assignment, HolderKey, Next};
@@ -16,8 +17,8 @@ use super::transfer::Transfer;
 use super::writer::{PieceFailure, Written};
 use super::{describe, STREAMS_PER_HOLDER};
 use crate::chunking::{Bitfield, PieceIndex, BLOCK_SIZE};
+use crate::grpc::Rope;
 use crate::pb::peer as pb;
-use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -226,19 +227,21 @@ async fn fetch(
         block_count: blocks.end - blocks.start,
     });
     let stall = transfer.stall_timeout();
-    let mut client = link.client.clone();
+    let mut channel = link.channel.clone();
     tracing::debug!(pieces = ?assignment.pieces, "requesting");
-    let mut stream = match within_stall_timeout(transfer, stop, client.get_blocks(request)).await? {
+    let call = blocks_call::get_blocks(&mut channel, request);
+    let mut stream = match within_stall_timeout(transfer, stop, call).await? {
         None => return Err(End::Failed(format!("no answer within {stall:?}"))),
         Some(Err(status)) if status.code() == Code::ResourceExhausted => {
             return Err(End::Busy(status.message().to_string()))
         }
         Some(Err(status)) => return Err(End::Failed(describe(&status))),
-        Some(Ok(response)) => response.into_inner(),
+        Some(Ok(blocks)) => blocks,
     };
     let mut piece = assignment.pieces.start;
     let mut expected_block = blocks.start;
-    let mut buf = BytesMut::new();
+    // The part of a piece that straddles messages, gathered (as slices: no copy).
+    let mut gathered = Rope::default();
     let mut pending: Option<PendingPiece> = None;
     while piece < assignment.pieces.end {
         let message = match within_stall_timeout(transfer, stop, stream.message()).await {
@@ -273,18 +276,11 @@ async fn fetch(
         while piece < assignment.pieces.end {
             let range = geometry.piece_bytes(piece);
             let len = (range.end - range.start) as usize;
-            // A piece wholly inside the message is taken without a copy; one that straddles
-            // messages is gathered in `buf`.
-            let data = if buf.is_empty() && incoming.len() >= len {
-                incoming.split_to(len)
-            } else {
-                let take = (len - buf.len()).min(incoming.len());
-                buf.extend_from_slice(&incoming.split_to(take));
-                if buf.len() < len {
-                    break;
-                }
-                buf.split().freeze()
-            };
+            gathered.append(incoming.split_to(len - gathered.len()));
+            if gathered.len() < len {
+                break;
+            }
+            let data = std::mem::take(&mut gathered);
             if let Some(previous) = pending.take() {
                 finish_piece(transfer, key, previous).await?;
             }
@@ -313,7 +309,7 @@ async fn queue_piece(
     transfer: &Transfer,
     piece: PieceIndex,
     offset: u64,
-    data: Bytes,
+    data: Rope,
 ) -> Result<PendingPiece, End> {
     let len = data.len() as u64;
     let written = transfer

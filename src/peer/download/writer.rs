@@ -25,7 +25,7 @@
 //! ([`super::Destination::ScratchNoSync`]) write through the page cache and never sync.
 
 use crate::chunking::{Manifest, PieceIndex};
-use bytes::Bytes;
+use crate::grpc::Rope;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -59,7 +59,7 @@ pub(super) enum PieceFailure {
 struct Job {
     piece: PieceIndex,
     offset: u64,
-    data: Bytes,
+    data: Rope,
     done: oneshot::Sender<Result<(), PieceFailure>>,
 }
 
@@ -128,7 +128,7 @@ impl PieceWriter {
         &self,
         piece: PieceIndex,
         offset: u64,
-        data: Bytes,
+        data: Rope,
     ) -> Result<Written, PieceFailure> {
         let (done, result) = oneshot::channel();
         let job = Job {
@@ -200,25 +200,46 @@ struct Sink {
 }
 
 impl Sink {
-    /// Writes a verified piece: directly if it can, else through the page cache (counted for
-    /// the writeback). `aligned` is the thread's own buffer for direct writes.
-    fn write(&self, data: &[u8], offset: u64, aligned: &mut Vec<u8>) -> io::Result<()> {
+    /// Verifies piece `piece` and writes it at `offset`: directly if it can (copied into
+    /// `aligned`, the thread's own buffer, and verified there: one pass over contiguous
+    /// memory), else through the page cache (counted for the writeback).
+    fn verify_and_write(
+        &self,
+        piece: PieceIndex,
+        data: &Rope,
+        offset: u64,
+        aligned: &mut Vec<u8>,
+    ) -> Result<(), PieceFailure> {
+        let mut verified = false;
         if let Some(direct) = self.direct_target(data.len(), offset) {
             if let Some(buf) = aligned_slice(aligned, data.len()) {
-                buf.copy_from_slice(data);
+                data.copy_into(buf);
+                if !self.manifest.verify_piece(piece, buf) {
+                    return Err(PieceFailure::Corrupt);
+                }
+                verified = true;
                 match direct.write_all_at(buf, offset) {
                     Ok(()) => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
                         tracing::debug!(error = %e, "direct write refused; writing through the page cache");
                         self.direct_refused.store(true, Ordering::Relaxed);
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(PieceFailure::Local(e)),
                 }
             }
         }
-        self.buffered.write_all_at(data, offset)?;
+        if !verified && !self.manifest.verify_piece_parts(piece, data.chunks()) {
+            return Err(PieceFailure::Corrupt);
+        }
+        let mut at = offset;
+        for chunk in data.chunks() {
+            self.buffered
+                .write_all_at(chunk, at)
+                .map_err(PieceFailure::Local)?;
+            at += chunk.len() as u64;
+        }
         match &self.writeback {
-            Some(wb) => wb.written(data.len() as u64),
+            Some(wb) => wb.written(data.len() as u64).map_err(PieceFailure::Local),
             None => Ok(()),
         }
     }
@@ -252,12 +273,7 @@ fn write_loop(queue: &Mutex<mpsc::Receiver<Job>>, sink: &Sink) {
             .unwrap_or_else(|e| e.into_inner())
             .blocking_recv();
         let Some(job) = job else { return };
-        let result = if !sink.manifest.verify_piece(job.piece, &job.data) {
-            Err(PieceFailure::Corrupt)
-        } else {
-            sink.write(&job.data, job.offset, &mut aligned)
-                .map_err(PieceFailure::Local)
-        };
+        let result = sink.verify_and_write(job.piece, &job.data, job.offset, &mut aligned);
         // The session may have stopped waiting (cancelled): the piece is on disk either way.
         let _ = job.done.send(result);
     }
@@ -348,6 +364,7 @@ impl Writeback {
 mod tests {
     use super::*;
     use crate::chunking::Manifest;
+    use bytes::Bytes;
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
@@ -399,8 +416,11 @@ mod tests {
             // Out of order, as several holders deliver them.
             for piece in (0..geometry.piece_count()).rev() {
                 let range = geometry.piece_bytes(piece);
-                let slice =
-                    Bytes::copy_from_slice(&bytes[range.start as usize..range.end as usize]);
+                // Each piece in two slices, as a piece straddling two messages arrives.
+                let (start, end) = (range.start as usize, range.end as usize);
+                let middle = start + (end - start) / 3;
+                let mut slice = Rope::from(Bytes::copy_from_slice(&bytes[start..middle]));
+                slice.push(Bytes::copy_from_slice(&bytes[middle..end]));
                 writer
                     .submit(piece, range.start, slice)
                     .await
@@ -414,7 +434,7 @@ mod tests {
             let mut wrong = bytes[range.start as usize..range.end as usize].to_vec();
             wrong[5] ^= 1;
             let queued = writer
-                .submit(1, range.start, Bytes::from(wrong))
+                .submit(1, range.start, Rope::from(Bytes::from(wrong)))
                 .await
                 .unwrap();
             match queued.wait().await {
