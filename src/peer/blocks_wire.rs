@@ -24,7 +24,7 @@ use tonic::Status;
 /// The HTTP/2 path of `GetBlocks`.
 pub(crate) const GET_BLOCKS_PATH: &str = "/p2pshare.peer.v1.Peer/GetBlocks";
 /// The gRPC message header: a compression flag and a 4-byte big-endian length.
-const HEADER: usize = 5;
+pub(crate) const HEADER: usize = 5;
 /// `GetBlocksResponse.first_block`: field 1, varint.
 const FIRST_BLOCK_KEY: u8 = 1 << 3;
 /// `GetBlocksResponse.data`: field 2, length-delimited.

@@ -5,14 +5,15 @@
 //! The call itself is the same [`Peer::get_blocks`] (every check, limit and refusal applies),
 //! and what the client sees is what tonic would send: the same headers, messages, and the status
 //! in the trailers, or alone (trailers-only) when the call is refused. What the route adds is
-//! the reading of the request, bounded by [`MAX_REQUEST_BYTES`] (RESOURCE_EXHAUSTED past it, as
-//! [`crate::grpc::ClearLimits`] answers) and by the server's request timeout, like any other call.
+//! the reading of the request, bounded by [`MAX_REQUEST_BYTES`] (RESOURCE_EXHAUSTED past it,
+//! decided on the length prefix, as [`crate::grpc::ClearLimits`] answers) and by the server's
+//! request timeout, like any other call.
 
 use super::{PeerService, MAX_REQUEST_BYTES};
 use crate::pb::peer as pb;
 use crate::pb::peer::peer_server::Peer;
-use crate::peer::blocks_wire::{parse_request, response_prefix, GET_BLOCKS_PATH};
-use bytes::Bytes;
+use crate::peer::blocks_wire::{parse_request, response_prefix, GET_BLOCKS_PATH, HEADER};
+use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use std::convert::Infallible;
@@ -77,19 +78,10 @@ where
 /// Answers one `GetBlocks` call.
 async fn get_blocks(service: &PeerService, request: http::Request<Body>) -> http::Response<Body> {
     let (parts, body) = request.into_parts();
-    // The header and a message at the limit; one byte more tells an oversized request apart.
-    let cap = MAX_REQUEST_BYTES + 6;
-    let body = match http_body_util::Limited::new(body, cap).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Status::resource_exhausted(format!(
-                "request too large: over {MAX_REQUEST_BYTES} bytes"
-            ))
-            .into_http()
-        }
-        Err(e) => return Status::from_error(e).into_http(),
-    };
-    let message = match parse_request(body, MAX_REQUEST_BYTES) {
+    let message = match read_request(body)
+        .await
+        .and_then(|body| parse_request(body, MAX_REQUEST_BYTES))
+    {
         Ok(message) => message,
         Err(status) => return status.into_http(),
     };
@@ -112,6 +104,31 @@ async fn get_blocks(service: &PeerService, request: http::Request<Body>) -> http
             response
         }
     }
+}
+
+/// The request body: its one message, read no further than the length its header declares,
+/// which is checked first (a request over [`MAX_REQUEST_BYTES`] is refused before its body is
+/// read, as the generated server does).
+async fn read_request(mut body: Body) -> Result<Bytes, Status> {
+    let mut got = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            got.extend_from_slice(&data);
+        }
+        if got.len() >= HEADER {
+            let declared = u32::from_be_bytes([got[1], got[2], got[3], got[4]]) as usize;
+            if declared > MAX_REQUEST_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "request too large: {declared} bytes, the limit is {MAX_REQUEST_BYTES}"
+                )));
+            }
+            // More than one message is the parser's to refuse; nothing past that is read.
+            if got.len() > HEADER + declared {
+                break;
+            }
+        }
+    }
+    Ok(got.freeze())
 }
 
 /// The response body: each message as its prefix then its data (the `Bytes` read from disk,
