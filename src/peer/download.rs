@@ -282,7 +282,8 @@ async fn download(
             stall_timeout: ctx.stall_timeout,
             growing: growing.clone(),
             durable: request.destination.is_durable(),
-            path: partial.path.clone(),
+            // Where the writer opens it again for direct I/O.
+            path: partial.open_path(),
             metrics: ctx.metrics.clone(),
         },
         cancel,
@@ -519,7 +520,12 @@ async fn adopt(
                 e.into()
             });
         }
-        match store.adopt(&partial.path, &name, manifest.clone()) {
+        let adopted = if partial.is_unnamed() {
+            store.adopt_unnamed(&partial.open_path(), &name, manifest.clone())
+        } else {
+            store.adopt(&partial.path, &name, manifest.clone())
+        };
+        match adopted {
             Ok(file) => {
                 partial.remove_record();
                 Ok((file, sync))

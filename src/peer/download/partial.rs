@@ -16,15 +16,27 @@
 //!   leaves nothing behind.
 //! * On a filesystem without `fallocate` (ext2, some network and FUSE filesystems) the file stays
 //!   sparse and a full disk shows up as a failed write instead, handled the same way.
+//!
+//! A fresh download of a file of one piece (a small file) starts *unnamed* (`O_TMPFILE`): nothing
+//! appears in `partial/` at all, and when it is complete the store links it straight into
+//! `files/` (`linkat` through `/proc/self/fd`). That spares each small `get` a name created and
+//! removed in `partial/`, and with it that directory's lock, which concurrent small downloads
+//! otherwise queue on while the file system allocates each new inode. If such a download stops
+//! with its piece verified, the piece is kept as `<content id>.part` (linked in then), exactly as
+//! a named one would be; one that stops earlier, or a crash, leaves nothing (at most one piece,
+//! which a file of one piece never exceeds, to fetch again). Where `O_TMPFILE` or `/proc` is
+//! missing, the partial file is named from the start.
 
 use super::request::{is_disk_full, Kept};
 use crate::chunking::{ContentId, Geometry, Manifest};
 use rustix::fs::FallocateFlags;
 use std::collections::HashSet;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use tokio_util::sync::CancellationToken;
 
 /// Content ids with a resumable download in progress in this process: a second concurrent `get`
@@ -97,6 +109,9 @@ pub(super) struct Partial {
     record: Option<Record>,
     /// A later download can resume from this file (false for scratch downloads).
     resumable: bool,
+    /// The file has no name yet (`O_TMPFILE`): `path` is where it goes if it is kept for a
+    /// resume, and nothing is there to remove.
+    unnamed: AtomicBool,
     pub(super) file: std::fs::File,
     geometry: Geometry,
 }
@@ -125,6 +140,7 @@ impl Partial {
                 path,
                 record: None,
                 resumable: false,
+                unnamed: AtomicBool::new(false),
                 file,
                 geometry,
             };
@@ -137,6 +153,9 @@ impl Partial {
         }
         let id = manifest.content_id().to_hex();
         let path = dir.join(format!("{id}.part"));
+        if pieces <= 1 {
+            return Self::open_one_piece(dir, path, manifest, cancel);
+        }
         let record_path = dir.join(format!("{id}.done"));
         // Left by versions that saved the record through a temporary file.
         let _ = std::fs::remove_file(dir.join(format!("{id}.done.tmp")));
@@ -150,28 +169,13 @@ impl Partial {
         // piece has no record: its piece is claimed, and checked below like any claim).
         let mut claimed = vec![false; pieces];
         if file.metadata()?.len() == size {
-            if pieces == 1 {
-                claimed[0] = size > 0;
-            } else if let Ok(bytes) = std::fs::read(&record_path) {
+            if let Ok(bytes) = std::fs::read(&record_path) {
                 for (flag, byte) in claimed.iter_mut().zip(bytes) {
                     *flag = byte == 1;
                 }
             }
         } else {
             file.set_len(size)?;
-        }
-        if pieces <= 1 {
-            let partial = Partial {
-                path,
-                record: None,
-                resumable: true,
-                file,
-                geometry,
-            };
-            if let Err(e) = partial.reserve() {
-                return Err(partial.open_error(e, &claimed));
-            }
-            return Ok(partial.verify_claims(manifest, &claimed, cancel));
         }
         let record_file = std::fs::OpenOptions::new()
             .read(true)
@@ -204,6 +208,7 @@ impl Partial {
                 file: record_file,
             }),
             resumable: true,
+            unnamed: AtomicBool::new(false),
             file,
             geometry,
         };
@@ -212,6 +217,71 @@ impl Partial {
             .and_then(|()| partial.reserve())
         {
             // Give back what this attempt took; keep what an earlier one verified.
+            return Err(partial.open_error(e, &claimed));
+        }
+        Ok(partial.verify_claims(manifest, &claimed, cancel))
+    }
+
+    /// [`Partial::open`] for a file of one piece (or none), which has no record: its piece is
+    /// claimed if an earlier attempt kept the file, and hashed like any claim. A fresh download
+    /// starts unnamed where the system allows it (see the module's notes).
+    fn open_one_piece(
+        dir: &Path,
+        path: PathBuf,
+        manifest: &Manifest,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(Self, Vec<bool>)>, OpenError> {
+        let geometry = manifest.geometry();
+        let size = geometry.size();
+        let pieces = geometry.piece_count() as usize;
+        let partial = |file, unnamed| Partial {
+            path: path.clone(),
+            record: None,
+            resumable: true,
+            unnamed: AtomicBool::new(unnamed),
+            file,
+            geometry,
+        };
+        let kept = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path);
+        let (partial, claimed) = match kept {
+            Ok(file) => {
+                // Left by versions that saved a record through a temporary file.
+                let stray = path.with_extension("done.tmp");
+                let _ = std::fs::remove_file(stray);
+                let mut claimed = vec![false; pieces];
+                if file.metadata()?.len() == size {
+                    claimed.fill(size > 0);
+                } else {
+                    file.set_len(size)?;
+                }
+                (partial(file, false), claimed)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let none = vec![false; pieces];
+                let fresh = match open_unnamed(dir) {
+                    Some(file) => partial(file, true),
+                    None => {
+                        let file = std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .open(&path)?;
+                        partial(file, false)
+                    }
+                };
+                // Empty, so `reserve` sizes it: no separate truncate.
+                if let Err(e) = fresh.reserve_fresh() {
+                    return Err(fresh.open_error(e, &none));
+                }
+                return Ok(Some((fresh, none)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = partial.reserve() {
             return Err(partial.open_error(e, &claimed));
         }
         Ok(partial.verify_claims(manifest, &claimed, cancel))
@@ -279,6 +349,40 @@ impl Partial {
         }
     }
 
+    /// [`Partial::reserve`] for a file still empty, which it also sizes: `fallocate` extends the
+    /// file, and where it is missing the file is only made sparse at its size.
+    fn reserve_fresh(&self) -> io::Result<()> {
+        let size = self.geometry.size();
+        if size == 0 {
+            return Ok(());
+        }
+        match rustix::fs::fallocate(&self.file, FallocateFlags::empty(), 0, size) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+                tracing::debug!(
+                    "this filesystem cannot reserve space; a full disk will show when writing"
+                );
+                self.file.set_len(size)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// True if the file has no name yet (see the module's notes).
+    pub(super) fn is_unnamed(&self) -> bool {
+        self.unnamed.load(Ordering::Relaxed)
+    }
+
+    /// A path that opens this very file: its own, or for an unnamed file the link to its
+    /// descriptor under `/proc/self/fd` (valid while this `Partial` lives).
+    pub(super) fn open_path(&self) -> PathBuf {
+        if self.is_unnamed() {
+            fd_path(&self.file)
+        } else {
+            self.path.clone()
+        }
+    }
+
     /// True if a later download can resume from this partial file.
     pub(super) fn is_resumable(&self) -> bool {
         self.resumable
@@ -319,6 +423,21 @@ impl Partial {
             self.remove();
             return Kept::Nothing;
         }
+        if self.is_unnamed() {
+            // Named now, so that the next attempt finds what is verified.
+            let linked = rustix::fs::linkat(
+                rustix::fs::CWD,
+                fd_path(&self.file),
+                rustix::fs::CWD,
+                &self.path,
+                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+            );
+            if let Err(e) = linked {
+                tracing::debug!(error = %e, path = %self.path.display(), "could not keep the verified piece");
+                return Kept::Nothing;
+            }
+            self.unnamed.store(false, Ordering::Relaxed);
+        }
         self.save_record(done);
         // Punch the runs of pieces not verified, each in one call.
         let mut piece = 0;
@@ -354,9 +473,12 @@ impl Partial {
         }
     }
 
-    /// Deletes the partial file and its record.
+    /// Deletes the partial file and its record (an unnamed file goes when it is closed: its
+    /// `path` may be another's, left alone).
     pub(super) fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.is_unnamed() {
+            let _ = std::fs::remove_file(&self.path);
+        }
         self.remove_record();
     }
 
@@ -366,6 +488,35 @@ impl Partial {
             let _ = std::fs::remove_file(&record.path);
         }
     }
+}
+
+/// An unnamed file open for reading and writing in `dir` (`O_TMPFILE`), if the system can create
+/// one and name it later (through `/proc/self/fd`).
+fn open_unnamed(dir: &Path) -> Option<std::fs::File> {
+    static PROC_FD: OnceLock<bool> = OnceLock::new();
+    if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+        return None;
+    }
+    let flags =
+        rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC;
+    match rustix::fs::openat(
+        rustix::fs::CWD,
+        dir,
+        flags,
+        rustix::fs::Mode::from_raw_mode(0o666),
+    ) {
+        Ok(fd) => Some(fd.into()),
+        Err(e) => {
+            // EOPNOTSUPP on file systems without it, EISDIR on old kernels.
+            tracing::debug!(error = %e, "no unnamed files here; the partial file is named");
+            None
+        }
+    }
+}
+
+/// The path of `file`'s descriptor under `/proc/self/fd`.
+fn fd_path(file: &std::fs::File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// Bytes of the pieces `kept` holds.
@@ -429,11 +580,15 @@ mod tests {
             .unwrap();
         assert_eq!(done, vec![false]);
         assert!(partial.is_resumable());
-        // Only the partial file: no record beside it.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        // Nothing verified: nothing kept.
+        // Unnamed: nothing in the folder (no record either), reached through its descriptor.
+        assert!(partial.is_unnamed());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(std::fs::metadata(partial.open_path()).unwrap().len(), 4096);
+        // Nothing verified: nothing kept, and a file at its path is not its to remove.
+        std::fs::write(&partial.path, b"another's").unwrap();
         assert_eq!(partial.keep_verified(&[false]), Kept::Nothing);
-        assert!(!partial.path.exists());
+        assert_eq!(std::fs::read(&partial.path).unwrap(), b"another's");
+        std::fs::remove_file(&partial.path).unwrap();
 
         // Written and verified, then stopped (say the disk filled while moving it into place):
         // kept, and the next attempt finds the piece by hashing it.
@@ -449,6 +604,9 @@ mod tests {
                 ..
             }
         ));
+        // Named now, with its content.
+        assert!(!partial.is_unnamed());
+        assert_eq!(std::fs::read(&partial.path).unwrap(), bytes);
         drop(partial);
         let (_, done) = Partial::open(dir.path(), &manifest, true, &cancel)
             .unwrap()
