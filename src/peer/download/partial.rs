@@ -28,7 +28,7 @@
 //! missing, the partial file is named from the start.
 
 use super::request::{is_disk_full, Kept};
-use crate::chunking::{ContentId, Geometry, Manifest};
+use crate::chunking::{ContentId, Geometry, Manifest, MIN_PIECE_SIZE};
 use rustix::fs::FallocateFlags;
 use std::collections::HashSet;
 use std::io;
@@ -121,11 +121,24 @@ impl Partial {
     /// space, and returns it with the pieces already verified in it. Blocking (a resume hashes
     /// what it keeps). `None` if `cancel` fired while the recorded pieces were being checked: the
     /// record is left as it was, so nothing already verified is forgotten.
+    #[cfg(test)]
     pub(super) fn open(
         dir: &Path,
         manifest: &Manifest,
         resumable: bool,
         cancel: &CancellationToken,
+    ) -> Result<Option<(Self, Vec<bool>)>, OpenError> {
+        Self::open_prepared(dir, manifest, resumable, cancel, None)
+    }
+
+    /// [`Partial::open`], taking over what [`Early::prepare`] made (if anything, and if it fits:
+    /// else it is dropped).
+    pub(super) fn open_prepared(
+        dir: &Path,
+        manifest: &Manifest,
+        resumable: bool,
+        cancel: &CancellationToken,
+        early: Option<Early>,
     ) -> Result<Option<(Self, Vec<bool>)>, OpenError> {
         let geometry = manifest.geometry();
         let size = geometry.size();
@@ -154,7 +167,8 @@ impl Partial {
         let id = manifest.content_id().to_hex();
         let path = dir.join(format!("{id}.part"));
         if pieces <= 1 {
-            return Self::open_one_piece(dir, path, manifest, cancel);
+            let early = early.filter(|e| e.size == size);
+            return Self::open_one_piece(dir, path, manifest, cancel, early);
         }
         let record_path = dir.join(format!("{id}.done"));
         // Left by versions that saved the record through a temporary file.
@@ -230,6 +244,7 @@ impl Partial {
         path: PathBuf,
         manifest: &Manifest,
         cancel: &CancellationToken,
+        early: Option<Early>,
     ) -> Result<Option<(Self, Vec<bool>)>, OpenError> {
         let geometry = manifest.geometry();
         let size = geometry.size();
@@ -242,10 +257,17 @@ impl Partial {
             file,
             geometry,
         };
-        let kept = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path);
+        let kept = match early.map(|e| e.file) {
+            Some(EarlyFile::Fresh(file)) => {
+                // Created and reserved already.
+                return Ok(Some((partial(file, true), vec![false; pieces])));
+            }
+            Some(EarlyFile::Kept(file)) => Ok(file),
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path),
+        };
         let (partial, claimed) = match kept {
             Ok(file) => {
                 // Left by versions that saved a record through a temporary file.
@@ -490,6 +512,61 @@ impl Partial {
     }
 }
 
+/// The partial file of a small download (one piece), prepared while its manifest is on its way:
+/// once the tracker has said which content and what size, nothing else is needed to know where it
+/// goes, so the file system's part of the start of a `get` overlaps the holder's answer.
+pub(super) struct Early {
+    size: u64,
+    file: EarlyFile,
+}
+
+enum EarlyFile {
+    /// `<content id>.part`, kept by an earlier attempt: opened, not changed (its piece is checked
+    /// against the manifest, and it is sized, by [`Partial::open_prepared`]).
+    Kept(std::fs::File),
+    /// A fresh unnamed file, reserved at the size.
+    Fresh(std::fs::File),
+}
+
+impl Early {
+    /// True if it is a fresh file: taking it over is then no blocking work.
+    pub(super) fn is_fresh(&self) -> bool {
+        matches!(self.file, EarlyFile::Fresh(_))
+    }
+
+    /// Prepares the resumable partial file of content `id`, of `size` bytes, if it will have one
+    /// piece (at most [`MIN_PIECE_SIZE`] bytes, whatever the manifest's piece size) and an
+    /// unnamed file can be made. Blocking. `None`: [`Partial::open_prepared`] does it all, and
+    /// reports what fails (a full disk).
+    pub(super) fn prepare(dir: &Path, id: ContentId, size: u64) -> Option<Early> {
+        if size == 0 || size > u64::from(MIN_PIECE_SIZE) {
+            return None;
+        }
+        let path = dir.join(format!("{}.part", id.to_hex()));
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(file) => EarlyFile::Kept(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let file = open_unnamed(dir)?;
+                // As `reserve_fresh`.
+                match rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, size) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+                        file.set_len(size).ok()?
+                    }
+                    Err(_) => return None,
+                }
+                EarlyFile::Fresh(file)
+            }
+            Err(_) => return None,
+        };
+        Some(Early { size, file })
+    }
+}
+
 /// An unnamed file open for reading and writing in `dir` (`O_TMPFILE`), if the system can create
 /// one and name it later (through `/proc/self/fd`).
 fn open_unnamed(dir: &Path) -> Option<std::fs::File> {
@@ -534,158 +611,4 @@ pub(super) fn free_space(file: &std::fs::File) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::MetadataExt;
-
-    fn data(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
-    }
-
-    fn allocated(path: &Path) -> u64 {
-        std::fs::metadata(path).unwrap().blocks() * 512
-    }
-
-    #[test]
-    fn the_file_is_reserved_and_the_record_exists_from_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let bytes = data(20 * 64 * 1024);
-        let manifest = Manifest::of_bytes(&bytes);
-        let cancel = CancellationToken::new();
-        let (partial, done) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert!(done.iter().all(|d| !d));
-        assert!(allocated(&partial.path) >= bytes.len() as u64);
-        let record = dir.path().join(format!("{}.done", manifest.content_id()));
-        assert_eq!(std::fs::read(&record).unwrap(), vec![0u8; 20]);
-        let inode = std::fs::metadata(&record).unwrap().ino();
-        let mut flags = vec![false; 20];
-        flags[3] = true;
-        partial.save_record(&flags);
-        // Rewritten in place: the same file, nothing beside it.
-        assert_eq!(std::fs::metadata(&record).unwrap().ino(), inode);
-        assert_eq!(std::fs::read(&record).unwrap()[3], 1);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
-    }
-
-    #[test]
-    fn a_file_of_one_piece_has_no_record_and_resumes_from_its_piece() {
-        let dir = tempfile::tempdir().unwrap();
-        let bytes = data(4096);
-        let manifest = Manifest::of_bytes(&bytes);
-        let cancel = CancellationToken::new();
-        let (partial, done) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(done, vec![false]);
-        assert!(partial.is_resumable());
-        // Unnamed: nothing in the folder (no record either), reached through its descriptor.
-        assert!(partial.is_unnamed());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        assert_eq!(std::fs::metadata(partial.open_path()).unwrap().len(), 4096);
-        // Nothing verified: nothing kept, and a file at its path is not its to remove.
-        std::fs::write(&partial.path, b"another's").unwrap();
-        assert_eq!(partial.keep_verified(&[false]), Kept::Nothing);
-        assert_eq!(std::fs::read(&partial.path).unwrap(), b"another's");
-        std::fs::remove_file(&partial.path).unwrap();
-
-        // Written and verified, then stopped (say the disk filled while moving it into place):
-        // kept, and the next attempt finds the piece by hashing it.
-        let (partial, _) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        partial.file.write_all_at(&bytes, 0).unwrap();
-        assert!(matches!(
-            partial.keep_verified(&[true]),
-            Kept::Pieces {
-                pieces: 1,
-                total: 1,
-                ..
-            }
-        ));
-        // Named now, with its content.
-        assert!(!partial.is_unnamed());
-        assert_eq!(std::fs::read(&partial.path).unwrap(), bytes);
-        drop(partial);
-        let (_, done) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(done, vec![true]);
-
-        // A partial file whose piece does not hash right counts for nothing.
-        let path = dir.path().join(format!("{}.part", manifest.content_id()));
-        std::fs::write(&path, vec![0u8; 4096]).unwrap();
-        let (_, done) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(done, vec![false]);
-    }
-
-    #[test]
-    fn a_stopped_download_keeps_only_its_verified_pieces_and_resumes_from_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let bytes = data(20 * 64 * 1024);
-        let manifest = Manifest::of_bytes(&bytes);
-        let g = manifest.geometry();
-        assert_eq!(g.piece_count(), 20);
-        let cancel = CancellationToken::new();
-        // An older version's leftover is cleaned up.
-        let stray = dir
-            .path()
-            .join(format!("{}.done.tmp", manifest.content_id()));
-        std::fs::write(&stray, b"x").unwrap();
-        let (partial, _) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert!(!stray.exists());
-        let mut done = vec![false; 20];
-        for p in [0, 1, 2, 7] {
-            let r = g.piece_bytes(p);
-            partial
-                .file
-                .write_all_at(&bytes[r.start as usize..r.end as usize], r.start)
-                .unwrap();
-            done[p as usize] = true;
-        }
-        // Piece 9 was written but never verified: its space goes back too.
-        partial.file.write_all_at(&[1; 4096], 9 * 65536).unwrap();
-        let kept = partial.keep_verified(&done);
-        assert_eq!(
-            kept,
-            Kept::Pieces {
-                path: partial.path.clone(),
-                pieces: 4,
-                total: 20,
-                bytes: 4 * 65536
-            }
-        );
-        assert!(allocated(&partial.path) <= 4 * 65536 + 8192);
-        drop(partial);
-        let (_, resumed) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(resumed, done);
-    }
-
-    #[test]
-    fn nothing_verified_leaves_nothing_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = Manifest::of_bytes(&data(3 * 64 * 1024));
-        let cancel = CancellationToken::new();
-        let (partial, done) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(partial.keep_verified(&done), Kept::Nothing);
-        let (scratch, done) = Partial::open(dir.path(), &manifest, false, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(scratch.keep_verified(&done), Kept::Scratch);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        // An empty file needs no space.
-        let empty = Manifest::of_bytes(b"");
-        assert!(Partial::open(dir.path(), &empty, true, &cancel)
-            .unwrap()
-            .is_some());
-    }
-}
+mod tests;
