@@ -10,7 +10,9 @@
 //!    so a full disk fails the download before anything is fetched; on a resumed download,
 //!    re-verify the pieces recorded as done and keep the good ones (`partial`). A download that
 //!    stops short (cancelled, holders gone, disk full) keeps its verified pieces, gives back the
-//!    space of the others, and says so ([`DiskFull`] for a full disk). A download into
+//!    space of the others, and says so ([`DiskFull`] for a full disk). A small file (one piece)
+//!    has its partial file prepared during step 2, unnamed until it is kept or moved into
+//!    `files/` (`partial`: the file system's work overlaps the holder's answer). A download into
 //!    `files/` serves its verified pieces from now on (a *partial holder*, announced to the
 //!    tracker in the background).
 //! 4. The transfer (`transfer`): sessions with at most `max_holders` holders at once, chosen at
@@ -55,7 +57,7 @@ use crate::peer::store::{GrowingFile, SharedFile, Store, StoreError};
 use crate::peer::tracker_link::TrackerLink;
 use contact::Identity;
 use known::KnownHolders;
-use partial::{kept_bytes, OpenError, Partial};
+use partial::{kept_bytes, Early, OpenError, Partial};
 use request::is_disk_full;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -180,6 +182,20 @@ async fn download(
         known.learn(&h.peer_id, &h.address, h.partial);
     }
 
+    // Where it goes. A small file's partial file is prepared meanwhile (the tracker's size is
+    // the manifest's, checked by `contact`): the file system's part overlaps the holders' answer.
+    let claim = match request.destination {
+        Destination::Files => ctx.active.claim(content_id),
+        Destination::Scratch | Destination::ScratchNoSync => None,
+    };
+    let partial_dir = ctx.store.partial_dir().to_path_buf();
+    let early = (claim.is_some() && version.size <= u64::from(crate::chunking::MIN_PIECE_SIZE))
+        .then(|| {
+            let dir = partial_dir.clone();
+            let size = version.size;
+            tokio::task::spawn_blocking(move || Early::prepare(&dir, content_id, size))
+        });
+
     // What the file is: the first valid manifest of the holders asked in parallel.
     let (manifest, first) = contact::find_manifest(
         &request.name,
@@ -198,21 +214,25 @@ async fn download(
     let geometry = manifest.geometry();
     progress.total.store(geometry.size(), Ordering::Relaxed);
 
-    // Where it goes, and what we already have of it. Its space is reserved now: a disk too small
-    // fails the download here, before anything is fetched.
-    let claim = match request.destination {
-        Destination::Files => ctx.active.claim(content_id),
-        Destination::Scratch | Destination::ScratchNoSync => None,
+    // What we already have of it. Its space is reserved now: a disk too small fails the download
+    // here, before anything is fetched.
+    let early = match early {
+        Some(task) => task.await.map_err(std::io::Error::other)?,
+        None => None,
     };
-    let partial_dir = ctx.store.partial_dir().to_path_buf();
-    let opened = {
+    let resumable = claim.is_some();
+    let opened = if early.as_ref().is_some_and(Early::is_fresh) {
+        // Nothing left to do on a blocking thread.
+        Partial::open_prepared(&partial_dir, &manifest, resumable, cancel, early)
+    } else {
         let dir = partial_dir.clone();
         let manifest = manifest.clone();
-        let resumable = claim.is_some();
         let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || Partial::open(&dir, &manifest, resumable, &cancel))
-            .await
-            .map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || {
+            Partial::open_prepared(&dir, &manifest, resumable, &cancel, early)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     };
     let (partial, done) = match opened {
         Ok(Some(opened)) => opened,
@@ -283,7 +303,8 @@ async fn download(
             stall_timeout: ctx.stall_timeout,
             growing: growing.clone(),
             durable: request.destination.is_durable(),
-            path: partial.path.clone(),
+            // Where the writer opens it again for direct I/O.
+            path: partial.open_path(),
             metrics: ctx.metrics.clone(),
         },
         cancel,
@@ -520,7 +541,12 @@ async fn adopt(
                 e.into()
             });
         }
-        match store.adopt(&partial.path, &name, manifest.clone()) {
+        let adopted = if partial.is_unnamed() {
+            store.adopt_unnamed(&partial.open_path(), &name, manifest.clone())
+        } else {
+            store.adopt(&partial.path, &name, manifest.clone())
+        };
+        match adopted {
             Ok(file) => {
                 partial.remove_record();
                 Ok((file, sync))

@@ -375,11 +375,45 @@ impl Store {
         name: &str,
         manifest: Arc<Manifest>,
     ) -> Result<SharedFile, StoreError> {
+        self.adopt_with(
+            name,
+            manifest,
+            |dest| fs::hard_link(partial, dest),
+            || {
+                let _ = fs::remove_file(partial);
+            },
+        )
+    }
+
+    /// [`Store::adopt`] for a download in a file with no name yet (`O_TMPFILE`), reached through
+    /// `path`, its descriptor's link under `/proc/self/fd`: it is linked into `files/` (nothing
+    /// to remove after; it is gone once closed if it was not).
+    pub(crate) fn adopt_unnamed(
+        &self,
+        path: &Path,
+        name: &str,
+        manifest: Arc<Manifest>,
+    ) -> Result<SharedFile, StoreError> {
+        let link = |dest: &Path| {
+            // Following the link to the descriptor: the file itself, not the link, is linked.
+            let (cwd, follow) = (rustix::fs::CWD, rustix::fs::AtFlags::SYMLINK_FOLLOW);
+            Ok(rustix::fs::linkat(cwd, path, cwd, dest, follow)?)
+        };
+        self.adopt_with(name, manifest, link, || {})
+    }
+
+    fn adopt_with(
+        &self,
+        name: &str,
+        manifest: Arc<Manifest>,
+        link: impl FnOnce(&Path) -> io::Result<()>,
+        remove_partial: impl FnOnce(),
+    ) -> Result<SharedFile, StoreError> {
         let dest = self.files_dir.join(name);
         // The lock orders concurrent adopts of the same name and keeps a rescan from hashing the
         // new file again.
         let mut shared = self.lock();
-        match fs::hard_link(partial, &dest) {
+        match link(&dest) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let same = shared
@@ -399,7 +433,7 @@ impl Store {
             }
             Err(source) => return Err(StoreError::File { path: dest, source }),
         }
-        let _ = fs::remove_file(partial);
+        remove_partial();
         let meta = fs::metadata(&dest).map_err(|source| StoreError::File {
             path: dest.clone(),
             source,

@@ -16,15 +16,27 @@
 //!   leaves nothing behind.
 //! * On a filesystem without `fallocate` (ext2, some network and FUSE filesystems) the file stays
 //!   sparse and a full disk shows up as a failed write instead, handled the same way.
+//!
+//! A fresh download of a file of one piece (a small file) starts *unnamed* (`O_TMPFILE`): nothing
+//! appears in `partial/` at all, and when it is complete the store links it straight into
+//! `files/` (`linkat` through `/proc/self/fd`). That spares each small `get` a name created and
+//! removed in `partial/`, and with it that directory's lock, which concurrent small downloads
+//! otherwise queue on while the file system allocates each new inode. If such a download stops
+//! with its piece verified, the piece is kept as `<content id>.part` (linked in then), exactly as
+//! a named one would be; one that stops earlier, or a crash, leaves nothing (at most one piece,
+//! which a file of one piece never exceeds, to fetch again). Where `O_TMPFILE` or `/proc` is
+//! missing, the partial file is named from the start.
 
 use super::request::{is_disk_full, Kept};
-use crate::chunking::{ContentId, Geometry, Manifest};
+use crate::chunking::{ContentId, Geometry, Manifest, MIN_PIECE_SIZE};
 use rustix::fs::FallocateFlags;
 use std::collections::HashSet;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use tokio_util::sync::CancellationToken;
 
 /// Content ids with a resumable download in progress in this process: a second concurrent `get`
@@ -97,6 +109,9 @@ pub(super) struct Partial {
     record: Option<Record>,
     /// A later download can resume from this file (false for scratch downloads).
     resumable: bool,
+    /// The file has no name yet (`O_TMPFILE`): `path` is where it goes if it is kept for a
+    /// resume, and nothing is there to remove.
+    unnamed: AtomicBool,
     pub(super) file: std::fs::File,
     geometry: Geometry,
 }
@@ -106,11 +121,24 @@ impl Partial {
     /// space, and returns it with the pieces already verified in it. Blocking (a resume hashes
     /// what it keeps). `None` if `cancel` fired while the recorded pieces were being checked: the
     /// record is left as it was, so nothing already verified is forgotten.
+    #[cfg(test)]
     pub(super) fn open(
         dir: &Path,
         manifest: &Manifest,
         resumable: bool,
         cancel: &CancellationToken,
+    ) -> Result<Option<(Self, Vec<bool>)>, OpenError> {
+        Self::open_prepared(dir, manifest, resumable, cancel, None)
+    }
+
+    /// [`Partial::open`], taking over what [`Early::prepare`] made (if anything, and if it fits:
+    /// else it is dropped).
+    pub(super) fn open_prepared(
+        dir: &Path,
+        manifest: &Manifest,
+        resumable: bool,
+        cancel: &CancellationToken,
+        early: Option<Early>,
     ) -> Result<Option<(Self, Vec<bool>)>, OpenError> {
         let geometry = manifest.geometry();
         let size = geometry.size();
@@ -125,6 +153,7 @@ impl Partial {
                 path,
                 record: None,
                 resumable: false,
+                unnamed: AtomicBool::new(false),
                 file,
                 geometry,
             };
@@ -137,6 +166,10 @@ impl Partial {
         }
         let id = manifest.content_id().to_hex();
         let path = dir.join(format!("{id}.part"));
+        if pieces <= 1 {
+            let early = early.filter(|e| e.size == size);
+            return Self::open_one_piece(dir, path, manifest, cancel, early);
+        }
         let record_path = dir.join(format!("{id}.done"));
         // Left by versions that saved the record through a temporary file.
         let _ = std::fs::remove_file(dir.join(format!("{id}.done.tmp")));
@@ -150,28 +183,13 @@ impl Partial {
         // piece has no record: its piece is claimed, and checked below like any claim).
         let mut claimed = vec![false; pieces];
         if file.metadata()?.len() == size {
-            if pieces == 1 {
-                claimed[0] = size > 0;
-            } else if let Ok(bytes) = std::fs::read(&record_path) {
+            if let Ok(bytes) = std::fs::read(&record_path) {
                 for (flag, byte) in claimed.iter_mut().zip(bytes) {
                     *flag = byte == 1;
                 }
             }
         } else {
             file.set_len(size)?;
-        }
-        if pieces <= 1 {
-            let partial = Partial {
-                path,
-                record: None,
-                resumable: true,
-                file,
-                geometry,
-            };
-            if let Err(e) = partial.reserve() {
-                return Err(partial.open_error(e, &claimed));
-            }
-            return Ok(partial.verify_claims(manifest, &claimed, cancel));
         }
         let record_file = std::fs::OpenOptions::new()
             .read(true)
@@ -204,6 +222,7 @@ impl Partial {
                 file: record_file,
             }),
             resumable: true,
+            unnamed: AtomicBool::new(false),
             file,
             geometry,
         };
@@ -212,6 +231,79 @@ impl Partial {
             .and_then(|()| partial.reserve())
         {
             // Give back what this attempt took; keep what an earlier one verified.
+            return Err(partial.open_error(e, &claimed));
+        }
+        Ok(partial.verify_claims(manifest, &claimed, cancel))
+    }
+
+    /// [`Partial::open`] for a file of one piece (or none), which has no record: its piece is
+    /// claimed if an earlier attempt kept the file, and hashed like any claim. A fresh download
+    /// starts unnamed where the system allows it (see the module's notes).
+    fn open_one_piece(
+        dir: &Path,
+        path: PathBuf,
+        manifest: &Manifest,
+        cancel: &CancellationToken,
+        early: Option<Early>,
+    ) -> Result<Option<(Self, Vec<bool>)>, OpenError> {
+        let geometry = manifest.geometry();
+        let size = geometry.size();
+        let pieces = geometry.piece_count() as usize;
+        let partial = |file, unnamed| Partial {
+            path: path.clone(),
+            record: None,
+            resumable: true,
+            unnamed: AtomicBool::new(unnamed),
+            file,
+            geometry,
+        };
+        let kept = match early.map(|e| e.file) {
+            Some(EarlyFile::Fresh(file)) => {
+                // Created and reserved already.
+                return Ok(Some((partial(file, true), vec![false; pieces])));
+            }
+            Some(EarlyFile::Kept(file)) => Ok(file),
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path),
+        };
+        let (partial, claimed) = match kept {
+            Ok(file) => {
+                // Left by versions that saved a record through a temporary file.
+                let stray = path.with_extension("done.tmp");
+                let _ = std::fs::remove_file(stray);
+                let mut claimed = vec![false; pieces];
+                if file.metadata()?.len() == size {
+                    claimed.fill(size > 0);
+                } else {
+                    file.set_len(size)?;
+                }
+                (partial(file, false), claimed)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let none = vec![false; pieces];
+                let fresh = match open_unnamed(dir) {
+                    Some(file) => partial(file, true),
+                    None => {
+                        let file = std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .open(&path)?;
+                        partial(file, false)
+                    }
+                };
+                // Empty, so `reserve` sizes it: no separate truncate.
+                if let Err(e) = fresh.reserve_fresh() {
+                    return Err(fresh.open_error(e, &none));
+                }
+                return Ok(Some((fresh, none)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = partial.reserve() {
             return Err(partial.open_error(e, &claimed));
         }
         Ok(partial.verify_claims(manifest, &claimed, cancel))
@@ -279,6 +371,40 @@ impl Partial {
         }
     }
 
+    /// [`Partial::reserve`] for a file still empty, which it also sizes: `fallocate` extends the
+    /// file, and where it is missing the file is only made sparse at its size.
+    fn reserve_fresh(&self) -> io::Result<()> {
+        let size = self.geometry.size();
+        if size == 0 {
+            return Ok(());
+        }
+        match rustix::fs::fallocate(&self.file, FallocateFlags::empty(), 0, size) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+                tracing::debug!(
+                    "this filesystem cannot reserve space; a full disk will show when writing"
+                );
+                self.file.set_len(size)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// True if the file has no name yet (see the module's notes).
+    pub(super) fn is_unnamed(&self) -> bool {
+        self.unnamed.load(Ordering::Relaxed)
+    }
+
+    /// A path that opens this very file: its own, or for an unnamed file the link to its
+    /// descriptor under `/proc/self/fd` (valid while this `Partial` lives).
+    pub(super) fn open_path(&self) -> PathBuf {
+        if self.is_unnamed() {
+            fd_path(&self.file)
+        } else {
+            self.path.clone()
+        }
+    }
+
     /// True if a later download can resume from this partial file.
     pub(super) fn is_resumable(&self) -> bool {
         self.resumable
@@ -319,6 +445,21 @@ impl Partial {
             self.remove();
             return Kept::Nothing;
         }
+        if self.is_unnamed() {
+            // Named now, so that the next attempt finds what is verified.
+            let linked = rustix::fs::linkat(
+                rustix::fs::CWD,
+                fd_path(&self.file),
+                rustix::fs::CWD,
+                &self.path,
+                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+            );
+            if let Err(e) = linked {
+                tracing::debug!(error = %e, path = %self.path.display(), "could not keep the verified piece");
+                return Kept::Nothing;
+            }
+            self.unnamed.store(false, Ordering::Relaxed);
+        }
         self.save_record(done);
         // Punch the runs of pieces not verified, each in one call.
         let mut piece = 0;
@@ -354,9 +495,12 @@ impl Partial {
         }
     }
 
-    /// Deletes the partial file and its record.
+    /// Deletes the partial file and its record (an unnamed file goes when it is closed: its
+    /// `path` may be another's, left alone).
     pub(super) fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.is_unnamed() {
+            let _ = std::fs::remove_file(&self.path);
+        }
         self.remove_record();
     }
 
@@ -366,6 +510,90 @@ impl Partial {
             let _ = std::fs::remove_file(&record.path);
         }
     }
+}
+
+/// The partial file of a small download (one piece), prepared while its manifest is on its way:
+/// once the tracker has said which content and what size, nothing else is needed to know where it
+/// goes, so the file system's part of the start of a `get` overlaps the holder's answer.
+pub(super) struct Early {
+    size: u64,
+    file: EarlyFile,
+}
+
+enum EarlyFile {
+    /// `<content id>.part`, kept by an earlier attempt: opened, not changed (its piece is checked
+    /// against the manifest, and it is sized, by [`Partial::open_prepared`]).
+    Kept(std::fs::File),
+    /// A fresh unnamed file, reserved at the size.
+    Fresh(std::fs::File),
+}
+
+impl Early {
+    /// True if it is a fresh file: taking it over is then no blocking work.
+    pub(super) fn is_fresh(&self) -> bool {
+        matches!(self.file, EarlyFile::Fresh(_))
+    }
+
+    /// Prepares the resumable partial file of content `id`, of `size` bytes, if it will have one
+    /// piece (at most [`MIN_PIECE_SIZE`] bytes, whatever the manifest's piece size) and an
+    /// unnamed file can be made. Blocking. `None`: [`Partial::open_prepared`] does it all, and
+    /// reports what fails (a full disk).
+    pub(super) fn prepare(dir: &Path, id: ContentId, size: u64) -> Option<Early> {
+        if size == 0 || size > u64::from(MIN_PIECE_SIZE) {
+            return None;
+        }
+        let path = dir.join(format!("{}.part", id.to_hex()));
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(file) => EarlyFile::Kept(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let file = open_unnamed(dir)?;
+                // As `reserve_fresh`.
+                match rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, size) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+                        file.set_len(size).ok()?
+                    }
+                    Err(_) => return None,
+                }
+                EarlyFile::Fresh(file)
+            }
+            Err(_) => return None,
+        };
+        Some(Early { size, file })
+    }
+}
+
+/// An unnamed file open for reading and writing in `dir` (`O_TMPFILE`), if the system can create
+/// one and name it later (through `/proc/self/fd`).
+fn open_unnamed(dir: &Path) -> Option<std::fs::File> {
+    static PROC_FD: OnceLock<bool> = OnceLock::new();
+    if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+        return None;
+    }
+    let flags =
+        rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC;
+    match rustix::fs::openat(
+        rustix::fs::CWD,
+        dir,
+        flags,
+        rustix::fs::Mode::from_raw_mode(0o666),
+    ) {
+        Ok(fd) => Some(fd.into()),
+        Err(e) => {
+            // EOPNOTSUPP on file systems without it, EISDIR on old kernels.
+            tracing::debug!(error = %e, "no unnamed files here; the partial file is named");
+            None
+        }
+    }
+}
+
+/// The path of `file`'s descriptor under `/proc/self/fd`.
+fn fd_path(file: &std::fs::File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// Bytes of the pieces `kept` holds.
@@ -383,151 +611,4 @@ pub(super) fn free_space(file: &std::fs::File) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::MetadataExt;
-
-    fn data(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
-    }
-
-    fn allocated(path: &Path) -> u64 {
-        std::fs::metadata(path).unwrap().blocks() * 512
-    }
-
-    #[test]
-    fn the_file_is_reserved_and_the_record_exists_from_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let bytes = data(20 * 64 * 1024);
-        let manifest = Manifest::of_bytes(&bytes);
-        let cancel = CancellationToken::new();
-        let (partial, done) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert!(done.iter().all(|d| !d));
-        assert!(allocated(&partial.path) >= bytes.len() as u64);
-        let record = dir.path().join(format!("{}.done", manifest.content_id()));
-        assert_eq!(std::fs::read(&record).unwrap(), vec![0u8; 20]);
-        let inode = std::fs::metadata(&record).unwrap().ino();
-        let mut flags = vec![false; 20];
-        flags[3] = true;
-        partial.save_record(&flags);
-        // Rewritten in place: the same file, nothing beside it.
-        assert_eq!(std::fs::metadata(&record).unwrap().ino(), inode);
-        assert_eq!(std::fs::read(&record).unwrap()[3], 1);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
-    }
-
-    #[test]
-    fn a_file_of_one_piece_has_no_record_and_resumes_from_its_piece() {
-        let dir = tempfile::tempdir().unwrap();
-        let bytes = data(4096);
-        let manifest = Manifest::of_bytes(&bytes);
-        let cancel = CancellationToken::new();
-        let (partial, done) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(done, vec![false]);
-        assert!(partial.is_resumable());
-        // Only the partial file: no record beside it.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        // Nothing verified: nothing kept.
-        assert_eq!(partial.keep_verified(&[false]), Kept::Nothing);
-        assert!(!partial.path.exists());
-
-        // Written and verified, then stopped (say the disk filled while moving it into place):
-        // kept, and the next attempt finds the piece by hashing it.
-        let (partial, _) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        partial.file.write_all_at(&bytes, 0).unwrap();
-        assert!(matches!(
-            partial.keep_verified(&[true]),
-            Kept::Pieces {
-                pieces: 1,
-                total: 1,
-                ..
-            }
-        ));
-        drop(partial);
-        let (_, done) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(done, vec![true]);
-
-        // A partial file whose piece does not hash right counts for nothing.
-        let path = dir.path().join(format!("{}.part", manifest.content_id()));
-        std::fs::write(&path, vec![0u8; 4096]).unwrap();
-        let (_, done) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(done, vec![false]);
-    }
-
-    #[test]
-    fn a_stopped_download_keeps_only_its_verified_pieces_and_resumes_from_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let bytes = data(20 * 64 * 1024);
-        let manifest = Manifest::of_bytes(&bytes);
-        let g = manifest.geometry();
-        assert_eq!(g.piece_count(), 20);
-        let cancel = CancellationToken::new();
-        // An older version's leftover is cleaned up.
-        let stray = dir
-            .path()
-            .join(format!("{}.done.tmp", manifest.content_id()));
-        std::fs::write(&stray, b"x").unwrap();
-        let (partial, _) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert!(!stray.exists());
-        let mut done = vec![false; 20];
-        for p in [0, 1, 2, 7] {
-            let r = g.piece_bytes(p);
-            partial
-                .file
-                .write_all_at(&bytes[r.start as usize..r.end as usize], r.start)
-                .unwrap();
-            done[p as usize] = true;
-        }
-        // Piece 9 was written but never verified: its space goes back too.
-        partial.file.write_all_at(&[1; 4096], 9 * 65536).unwrap();
-        let kept = partial.keep_verified(&done);
-        assert_eq!(
-            kept,
-            Kept::Pieces {
-                path: partial.path.clone(),
-                pieces: 4,
-                total: 20,
-                bytes: 4 * 65536
-            }
-        );
-        assert!(allocated(&partial.path) <= 4 * 65536 + 8192);
-        drop(partial);
-        let (_, resumed) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(resumed, done);
-    }
-
-    #[test]
-    fn nothing_verified_leaves_nothing_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = Manifest::of_bytes(&data(3 * 64 * 1024));
-        let cancel = CancellationToken::new();
-        let (partial, done) = Partial::open(dir.path(), &manifest, true, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(partial.keep_verified(&done), Kept::Nothing);
-        let (scratch, done) = Partial::open(dir.path(), &manifest, false, &cancel)
-            .unwrap()
-            .unwrap();
-        assert_eq!(scratch.keep_verified(&done), Kept::Scratch);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        // An empty file needs no space.
-        let empty = Manifest::of_bytes(b"");
-        assert!(Partial::open(dir.path(), &empty, true, &cancel)
-            .unwrap()
-            .is_some());
-    }
-}
+mod tests;

@@ -149,6 +149,52 @@ fn adopt_never_replaces_different_content() {
 }
 
 #[test]
+fn adopt_unnamed_links_the_file_itself_into_place() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    fs::write(store.files_dir().join("f"), b"mine").unwrap();
+    store.rescan().unwrap();
+    let unnamed = |content: &[u8]| {
+        let flags = rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR;
+        let mode = rustix::fs::Mode::from_raw_mode(0o600);
+        let fd = rustix::fs::openat(rustix::fs::CWD, store.partial_dir(), flags, mode).unwrap();
+        let mut file = fs::File::from(fd);
+        file.write_all(content).unwrap();
+        file
+    };
+    let fd_path = |file: &fs::File| {
+        PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(file)
+        ))
+    };
+
+    let theirs = unnamed(b"theirs");
+    let err = store
+        .adopt_unnamed(
+            &fd_path(&theirs),
+            "f",
+            Arc::new(Manifest::of_bytes(b"theirs")),
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NameTaken(_)));
+    assert_eq!(fs::read(store.files_dir().join("f")).unwrap(), b"mine");
+
+    let new = unnamed(b"new");
+    let adopted = store
+        .adopt_unnamed(&fd_path(&new), "g", Arc::new(Manifest::of_bytes(b"new")))
+        .unwrap();
+    assert_eq!(adopted.path, store.files_dir().join("g"));
+    assert_eq!(fs::read(&adopted.path).unwrap(), b"new");
+    assert_eq!(adopted.size, 3);
+    assert!(store.get("g").is_some());
+    // A regular file (not a link to the descriptor), and nothing left in partial/.
+    assert!(fs::symlink_metadata(&adopted.path).unwrap().is_file());
+    assert_eq!(fs::read_dir(store.partial_dir()).unwrap().count(), 0);
+}
+
+#[test]
 fn a_file_found_changed_when_served_is_hashed_again() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path()).unwrap();
