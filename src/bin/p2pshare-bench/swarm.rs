@@ -201,6 +201,22 @@ impl Swarm {
         limit: Duration,
     ) -> Result<ChildReport, BenchError> {
         let report = child::run_child(&self.exe, plan, limit);
+        Self::remove_child_folder(plan);
+        report
+    }
+
+    /// Runs `plan` in a child process and keeps the child peer's folder (removed later with
+    /// [`Swarm::remove_child_folder`]).
+    pub(crate) fn run_child_keeping_its_folder(
+        &self,
+        plan: &Plan,
+        limit: Duration,
+    ) -> Result<ChildReport, BenchError> {
+        child::run_child(&self.exe, plan, limit)
+    }
+
+    /// Removes the folder of the child peer of `plan`, if it has one.
+    pub(crate) fn remove_child_folder(plan: &Plan) {
         let dir = match plan {
             Plan::Download { peer, .. }
             | Plan::GetMany { peer, .. }
@@ -211,7 +227,6 @@ impl Swarm {
         if let Some(dir) = dir {
             let _ = std::fs::remove_dir_all(dir);
         }
-        report
     }
 }
 
