@@ -2,7 +2,7 @@
 //! holders) and the pages of `ListPeers` and `ListFiles`. Reads only; every answer costs what it
 //! returns plus a bounded amount of skipping ([`MAX_PAGE_WORK`]).
 
-use super::index::VersionKey;
+use super::index::Version;
 use super::{Face, Registry, DEFAULT_MAX_HOLDERS};
 use crate::names::validate_file_name;
 use crate::pb::tracker as pb;
@@ -53,14 +53,15 @@ impl Registry {
         let mut rng = rand::rng();
         // (complete holders in all, version) so versions sort by what can really be downloaded.
         let mut versions: Vec<(usize, usize, pb::FileVersion)> = Vec::new();
-        for (key, holders) in self.index.of_name(name) {
-            let cid = key.content_id.to_hex();
+        for version in self.index.of_name(name) {
+            let cid = version.content_id.to_hex();
             if !cid.starts_with(prefix) {
                 continue;
             }
             // The live holders as (record, partial): cheap to sample, and only the chosen few
             // become strings.
-            let mut live: Vec<(&Face, bool)> = holders
+            let mut live: Vec<(&Face, bool)> = version
+                .holders
                 .as_slice()
                 .iter()
                 .filter_map(|h| {
@@ -98,7 +99,7 @@ impl Registry {
                 total,
                 pb::FileVersion {
                     name: String::from(name),
-                    size: key.size,
+                    size: version.size,
                     content_id: cid,
                     holders,
                 },
@@ -160,21 +161,20 @@ impl Registry {
         size: usize,
         now: Instant,
     ) -> (Vec<pb::FileSummary>, Option<String>) {
-        let after = after.map(|p| VersionKey {
-            name: Arc::from(p.name),
-            content_id: p.content_id,
-            size: p.size,
-        });
+        let after = after
+            .as_ref()
+            .map(|p| (p.name.as_str(), &p.content_id, p.size));
         let mut page = Vec::with_capacity(size.min(DEFAULT_PAGE_HINT));
         let (mut work, mut last) = (0, None);
-        for (key, holders) in self.index.after(after) {
+        for (name, version) in self.index.after(after) {
             if page.len() >= size || work >= MAX_PAGE_WORK {
-                let token = last.map(|k: &VersionKey| file_token(&k.name, &k.content_id, k.size));
+                let token =
+                    last.map(|(n, v): (&Arc<str>, &Version)| file_token(n, &v.content_id, v.size));
                 return (page, token);
             }
-            last = Some(key);
+            last = Some((name, version));
             let (mut live, mut partial) = (0u32, 0u32);
-            for holder in holders.as_slice() {
+            for holder in version.holders.as_slice() {
                 work += 1;
                 if self.face(holder.peer).is_some_and(|f| self.alive(f, now)) {
                     live += 1;
@@ -183,9 +183,9 @@ impl Registry {
             }
             if live > 0 {
                 page.push(pb::FileSummary {
-                    name: key.name.to_string(),
-                    size: key.size,
-                    content_id: key.content_id.to_hex(),
+                    name: name.to_string(),
+                    size: version.size,
+                    content_id: version.content_id.to_hex(),
                     holder_count: live,
                     partial_holder_count: partial,
                 });
