@@ -104,6 +104,11 @@ impl Face {
         &self.text[..usize::from(self.id_len)]
     }
 
+    /// The first byte of its text (a read that brings the text into cache).
+    fn text_head(&self) -> u8 {
+        self.text.as_bytes().first().copied().unwrap_or(0)
+    }
+
     /// Where others are told to reach it.
     fn address(&self) -> &str {
         &self.text[usize::from(self.id_len)..]
