@@ -526,3 +526,91 @@ fn bad_input_is_refused() {
     })
     .is_err());
 }
+
+/// The index's two views (the name map `WhoHas` reads, the ordered names `ListFiles` walks)
+/// follow every way in and out: the last holder of a name withdrawing, leaving or expiring
+/// takes it from both, and adding it again brings it back to both.
+#[test]
+fn who_has_and_listings_agree_as_names_come_and_go() {
+    let now = Instant::now();
+    let mut r = registry(Duration::from_secs(10));
+    let listed =
+        |r: &Registry| -> Vec<String> { files(r, now).into_iter().map(|f| f.name).collect() };
+    let a = r
+        .register(
+            "A",
+            "a:1".into(),
+            None,
+            "",
+            vec![file("f", b"1"), file("g", b"1")],
+            now,
+        )
+        .unwrap();
+    let b = r
+        .register("B", "b:1".into(), None, "", vec![file("f", b"2")], now)
+        .unwrap();
+    r.index.assert_in_step();
+    assert_eq!(listed(&r), ["f", "f", "g"]);
+    // The last holder of one version of "f": the other stays.
+    r.withdraw("A", &a.token, "f", now).unwrap();
+    r.index.assert_in_step();
+    assert_eq!(holders(&r, "f", now), vec![vec!["B"]]);
+    assert_eq!(listed(&r), ["f", "g"]);
+    // The last holder of the last version: gone from both.
+    r.leave("B", &b.token, now).unwrap();
+    r.index.assert_in_step();
+    assert!(holders(&r, "f", now).is_empty());
+    assert_eq!(listed(&r), ["g"]);
+    // Added again: in both again.
+    r.announce("A", &a.token, file("f", b"3"), now).unwrap();
+    r.index.assert_in_step();
+    assert_eq!(holders(&r, "f", now), vec![vec!["A"]]);
+    assert_eq!(listed(&r), ["f", "g"]);
+    // Replaced by a re-registration, then expired: nothing left anywhere.
+    r.register(
+        "A",
+        "a:1".into(),
+        None,
+        &a.token,
+        vec![file("h", b"1")],
+        now,
+    )
+    .unwrap();
+    r.index.assert_in_step();
+    assert!(holders(&r, "f", now).is_empty() && holders(&r, "g", now).is_empty());
+    assert_eq!(listed(&r), ["h"]);
+    r.expire(now + Duration::from_secs(3600));
+    r.index.assert_in_step();
+    assert_eq!(r.counts().files, 0);
+    assert!(files(&r, now).is_empty());
+}
+
+/// Holders are listed in peer id order whatever the ids' first 8 bytes (the sort compares
+/// those as a number first), and content ids are the same lowercase hex as `to_hex`.
+#[test]
+fn holders_sort_by_whole_id_and_content_ids_are_hex() {
+    let now = Instant::now();
+    let mut r = registry(Duration::from_secs(10));
+    let ids = [
+        "peer-0000b",
+        "peer-0000a",
+        "peer-0000",
+        "peer",
+        "pe",
+        "Z",
+        "peer-0001",
+        "p.x",
+        "peer-0000a-2",
+    ];
+    for id in ids {
+        r.register(id, format!("{id}:1"), None, "", vec![file("f", b"x")], now)
+            .unwrap();
+    }
+    let mut sorted = ids.map(String::from).to_vec();
+    sorted.sort();
+    assert_eq!(holders(&r, "f", now), vec![sorted]);
+    for content in [&b"x"[..], b"", b"\xff\x00"] {
+        let id = ContentId::of(content);
+        assert_eq!(listing::content_id_hex(&id, &mut [0; 64]), id.to_hex());
+    }
+}
