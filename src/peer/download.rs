@@ -541,14 +541,9 @@ async fn adopt(
                 e.into()
             });
         }
-        let adopted = if partial.is_unnamed() {
-            store.adopt_unnamed(&partial.open_path(), &name, manifest.clone())
-        } else {
-            store.adopt(&partial.path, &name, manifest.clone())
-        };
-        match adopted {
+        match store.adopt_linked(&name, manifest.clone(), |dest| partial.link_to(dest)) {
             Ok(file) => {
-                partial.remove_record();
+                partial.remove();
                 Ok((file, sync))
             }
             Err(StoreError::File { path, source }) if is_disk_full(&source) => {

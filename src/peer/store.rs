@@ -366,48 +366,29 @@ impl Store {
         self.cache.flush();
     }
 
-    /// Moves a complete, verified, fsynced download from `partial` into `files/<name>` without
-    /// ever replacing a different file, and starts sharing it. If `files/<name>` already holds the
-    /// same content, the partial file is just removed.
+    /// Moves a complete, verified, fsynced download from `partial` into `files/<name>` (see
+    /// [`Store::adopt_linked`]), then removes `partial`.
+    #[cfg(test)]
     pub(crate) fn adopt(
         &self,
         partial: &Path,
         name: &str,
         manifest: Arc<Manifest>,
     ) -> Result<SharedFile, StoreError> {
-        self.adopt_with(
-            name,
-            manifest,
-            |dest| fs::hard_link(partial, dest),
-            || {
-                let _ = fs::remove_file(partial);
-            },
-        )
+        let adopted = self.adopt_linked(name, manifest, |dest| fs::hard_link(partial, dest))?;
+        let _ = fs::remove_file(partial);
+        Ok(adopted)
     }
 
-    /// [`Store::adopt`] for a download in a file with no name yet (`O_TMPFILE`), reached through
-    /// `path`, its descriptor's link under `/proc/self/fd`: it is linked into `files/` (nothing
-    /// to remove after; it is gone once closed if it was not).
-    pub(crate) fn adopt_unnamed(
-        &self,
-        path: &Path,
-        name: &str,
-        manifest: Arc<Manifest>,
-    ) -> Result<SharedFile, StoreError> {
-        let link = |dest: &Path| {
-            // Following the link to the descriptor: the file itself, not the link, is linked.
-            let (cwd, follow) = (rustix::fs::CWD, rustix::fs::AtFlags::SYMLINK_FOLLOW);
-            Ok(rustix::fs::linkat(cwd, path, cwd, dest, follow)?)
-        };
-        self.adopt_with(name, manifest, link, || {})
-    }
-
-    fn adopt_with(
+    /// Puts a complete, verified, fsynced download into `files/<name>` with `link` (which makes
+    /// its argument a new name of the download's file), without ever replacing a different file,
+    /// and starts sharing it. If `files/<name>` already holds the same content, nothing is linked
+    /// and that file is shared. The download's own name, if it has one, is the caller's to remove.
+    pub(crate) fn adopt_linked(
         &self,
         name: &str,
         manifest: Arc<Manifest>,
         link: impl FnOnce(&Path) -> io::Result<()>,
-        remove_partial: impl FnOnce(),
     ) -> Result<SharedFile, StoreError> {
         let dest = self.files_dir.join(name);
         // The lock orders concurrent adopts of the same name and keeps a rescan from hashing the
@@ -433,7 +414,6 @@ impl Store {
             }
             Err(source) => return Err(StoreError::File { path: dest, source }),
         }
-        remove_partial();
         let meta = fs::metadata(&dest).map_err(|source| StoreError::File {
             path: dest.clone(),
             source,

@@ -295,8 +295,8 @@ impl Partial {
                         partial(file, false)
                     }
                 };
-                // Empty, so `reserve` sizes it: no separate truncate.
-                if let Err(e) = fresh.reserve_fresh() {
+                // Empty: `reserve` sizes it too, no separate truncate.
+                if let Err(e) = fresh.reserve() {
                     return Err(fresh.open_error(e, &none));
                 }
                 return Ok(Some((fresh, none)));
@@ -352,42 +352,9 @@ impl Partial {
         }
     }
 
-    /// Allocates the whole file now, so that its writes cannot run out of space. A filesystem
-    /// without `fallocate` leaves it sparse.
+    /// [`reserve`] for this file at its size.
     fn reserve(&self) -> io::Result<()> {
-        let size = self.geometry.size();
-        if size == 0 {
-            return Ok(());
-        }
-        match rustix::fs::fallocate(&self.file, FallocateFlags::empty(), 0, size) {
-            Ok(()) => Ok(()),
-            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
-                tracing::debug!(
-                    "this filesystem cannot reserve space; a full disk will show when writing"
-                );
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// [`Partial::reserve`] for a file still empty, which it also sizes: `fallocate` extends the
-    /// file, and where it is missing the file is only made sparse at its size.
-    fn reserve_fresh(&self) -> io::Result<()> {
-        let size = self.geometry.size();
-        if size == 0 {
-            return Ok(());
-        }
-        match rustix::fs::fallocate(&self.file, FallocateFlags::empty(), 0, size) {
-            Ok(()) => Ok(()),
-            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
-                tracing::debug!(
-                    "this filesystem cannot reserve space; a full disk will show when writing"
-                );
-                self.file.set_len(size)
-            }
-            Err(e) => Err(e.into()),
-        }
+        reserve(&self.file, self.geometry.size())
     }
 
     /// True if the file has no name yet (see the module's notes).
@@ -403,6 +370,19 @@ impl Partial {
         } else {
             self.path.clone()
         }
+    }
+
+    /// Gives the file the new name `dest` (a hard link): an unnamed file through the link to its
+    /// descriptor, followed, so that the file itself is linked and not the link.
+    pub(super) fn link_to(&self, dest: &Path) -> io::Result<()> {
+        let (cwd, follow) = (rustix::fs::CWD, rustix::fs::AtFlags::SYMLINK_FOLLOW);
+        Ok(rustix::fs::linkat(
+            cwd,
+            self.open_path(),
+            cwd,
+            dest,
+            follow,
+        )?)
     }
 
     /// True if a later download can resume from this partial file.
@@ -447,14 +427,7 @@ impl Partial {
         }
         if self.is_unnamed() {
             // Named now, so that the next attempt finds what is verified.
-            let linked = rustix::fs::linkat(
-                rustix::fs::CWD,
-                fd_path(&self.file),
-                rustix::fs::CWD,
-                &self.path,
-                rustix::fs::AtFlags::SYMLINK_FOLLOW,
-            );
-            if let Err(e) = linked {
+            if let Err(e) = self.link_to(&self.path) {
                 tracing::debug!(error = %e, path = %self.path.display(), "could not keep the verified piece");
                 return Kept::Nothing;
             }
@@ -551,19 +524,31 @@ impl Early {
             Ok(file) => EarlyFile::Kept(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let file = open_unnamed(dir)?;
-                // As `reserve_fresh`.
-                match rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, size) {
-                    Ok(()) => {}
-                    Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
-                        file.set_len(size).ok()?
-                    }
-                    Err(_) => return None,
-                }
+                reserve(&file, size).ok()?;
                 EarlyFile::Fresh(file)
             }
             Err(_) => return None,
         };
         Some(Early { size, file })
+    }
+}
+
+/// Allocates `file` at `size` bytes now (`fallocate`, which also extends it), so that its writes
+/// cannot run out of space. A filesystem without `fallocate` only has it sized, sparse: a full
+/// disk then shows when writing.
+fn reserve(file: &std::fs::File, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, FallocateFlags::empty(), 0, size) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+            tracing::debug!(
+                "this filesystem cannot reserve space; a full disk will show when writing"
+            );
+            file.set_len(size)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -149,7 +149,7 @@ fn adopt_never_replaces_different_content() {
 }
 
 #[test]
-fn adopt_unnamed_links_the_file_itself_into_place() {
+fn adopt_linked_links_an_unnamed_file_itself_into_place() {
     use std::io::Write as _;
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path()).unwrap();
@@ -163,27 +163,28 @@ fn adopt_unnamed_links_the_file_itself_into_place() {
         file.write_all(content).unwrap();
         file
     };
-    let fd_path = |file: &fs::File| {
-        PathBuf::from(format!(
+    // As a download's `Partial::link_to`: the link to the descriptor, followed.
+    let link = |file: &fs::File| {
+        let from = PathBuf::from(format!(
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(file)
-        ))
+        ));
+        move |dest: &Path| {
+            let (cwd, follow) = (rustix::fs::CWD, rustix::fs::AtFlags::SYMLINK_FOLLOW);
+            Ok(rustix::fs::linkat(cwd, &from, cwd, dest, follow)?)
+        }
     };
 
     let theirs = unnamed(b"theirs");
     let err = store
-        .adopt_unnamed(
-            &fd_path(&theirs),
-            "f",
-            Arc::new(Manifest::of_bytes(b"theirs")),
-        )
+        .adopt_linked("f", Arc::new(Manifest::of_bytes(b"theirs")), link(&theirs))
         .unwrap_err();
     assert!(matches!(err, StoreError::NameTaken(_)));
     assert_eq!(fs::read(store.files_dir().join("f")).unwrap(), b"mine");
 
     let new = unnamed(b"new");
     let adopted = store
-        .adopt_unnamed(&fd_path(&new), "g", Arc::new(Manifest::of_bytes(b"new")))
+        .adopt_linked("g", Arc::new(Manifest::of_bytes(b"new")), link(&new))
         .unwrap();
     assert_eq!(adopted.path, store.files_dir().join("g"));
     assert_eq!(fs::read(&adopted.path).unwrap(), b"new");
