@@ -259,19 +259,54 @@ pub(crate) fn piece_hash_parts<'a>(
     piece: PieceIndex,
     parts: impl IntoIterator<Item = &'a [u8]>,
 ) -> [u8; HASH_LEN] {
-    let mut hasher = blake3::Hasher::new();
-    let root = geometry.piece_count() == 1;
-    if !root {
-        hasher.set_input_offset(piece * geometry.piece_size as u64);
-    }
-    // Large pieces hash faster with blake3's internal SIMD over wide inputs; `update` does that.
+    let mut hasher = PieceHasher::new(geometry, piece);
     for part in parts {
         hasher.update(part);
     }
-    if root {
-        *hasher.finalize().as_bytes()
-    } else {
-        hasher.finalize_non_root()
+    hasher.finish()
+}
+
+/// [`piece_hash`] fed incrementally: a chaining value at the piece's offset, or the root hash of
+/// a file of one piece.
+pub(crate) struct PieceHasher {
+    piece: PieceIndex,
+    hasher: blake3::Hasher,
+    root: bool,
+}
+
+impl PieceHasher {
+    /// A hasher for piece `piece` of a file laid out as `geometry`.
+    pub(crate) fn new(geometry: &Geometry, piece: PieceIndex) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        let root = geometry.piece_count() == 1;
+        if !root {
+            hasher.set_input_offset(piece * geometry.piece_size as u64);
+        }
+        PieceHasher {
+            piece,
+            hasher,
+            root,
+        }
+    }
+
+    /// Feeds the next bytes of the piece. Large inputs hash faster (blake3's SIMD works over wide
+    /// inputs): feed whole slices, not small pieces of them.
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+    }
+
+    /// The hash of the bytes fed.
+    pub(crate) fn finish(&self) -> [u8; HASH_LEN] {
+        if self.root {
+            *self.hasher.finalize().as_bytes()
+        } else {
+            self.hasher.finalize_non_root()
+        }
+    }
+
+    /// True if the bytes fed are exactly this piece of `manifest`.
+    pub(crate) fn matches(&self, manifest: &Manifest) -> bool {
+        manifest.piece_hashes().get(self.piece as usize) == Some(&self.finish())
     }
 }
 

@@ -22,6 +22,7 @@ mod verify;
 
 pub(super) use verify::{CheckedFiles, FileStamp, PieceCheck};
 
+use crate::chunking::PieceHasher;
 use crate::chunking::BLOCK_SIZE;
 use crate::pb::peer as pb;
 use crate::peer::choke::Choker;
@@ -32,7 +33,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use verify::PieceHasher;
 
 /// Since when a stream's reader has been waiting for its client to take read-ahead, if it is.
 /// Shared by the reader (a blocking thread) and the stream's [`idle_watchdog`].

@@ -1,10 +1,9 @@
 //! What a `GetBlocks` stream checks its reads against ([`PieceCheck`]), the hash of a piece
-//! computed as its bytes are read ([`PieceHasher`]), and the pieces already checked since the file
+//! computed as its bytes are read ([`crate::chunking::PieceHasher`]), and the pieces already checked since the file
 //! last changed ([`CheckedPieces`]). See the parent module for how the reader uses them.
 
-use crate::chunking::{ContentId, Geometry, Manifest, PieceIndex};
+use crate::chunking::{ContentId, Manifest, PieceIndex};
 use crate::peer::store::Store;
-use blake3::hazmat::HasherExt;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -128,43 +127,6 @@ impl PieceCheck {
 }
 
 /// The hash of one piece, computed as its bytes are read, in as many parts as they come.
-/// The same function as [`crate::chunking::piece_hash`] (a chaining value at the piece's offset,
-/// or the root hash of a file of one piece), fed incrementally.
-pub(super) struct PieceHasher {
-    piece: PieceIndex,
-    hasher: blake3::Hasher,
-    root: bool,
-}
-
-impl PieceHasher {
-    pub(super) fn new(geometry: &Geometry, piece: PieceIndex) -> Self {
-        let mut hasher = blake3::Hasher::new();
-        let root = geometry.piece_count() == 1;
-        if !root {
-            hasher.set_input_offset(geometry.piece_bytes(piece).start);
-        }
-        PieceHasher {
-            piece,
-            hasher,
-            root,
-        }
-    }
-
-    pub(super) fn update(&mut self, data: &[u8]) {
-        self.hasher.update(data);
-    }
-
-    /// True if the bytes fed are exactly this piece of `manifest`.
-    pub(super) fn matches(&self, manifest: &Manifest) -> bool {
-        let hash = if self.root {
-            *self.hasher.finalize().as_bytes()
-        } else {
-            self.hasher.finalize_non_root()
-        };
-        manifest.piece_hashes().get(self.piece as usize) == Some(&hash)
-    }
-}
-
 #[cfg(test)]
 /// Deterministic bytes that differ from piece to piece.
 pub(super) fn pattern(len: usize) -> Vec<u8> {
@@ -176,7 +138,7 @@ pub(super) fn pattern(len: usize) -> Vec<u8> {
 /// The manifest of `data` with pieces of `piece_size` bytes (not the size `Geometry` picks).
 #[cfg(test)]
 pub(super) fn manifest_with_pieces(data: &[u8], piece_size: u64) -> Manifest {
-    let geometry = Geometry::new(data.len() as u64, piece_size).unwrap();
+    let geometry = crate::chunking::Geometry::new(data.len() as u64, piece_size).unwrap();
     let hashes = (0..geometry.piece_count())
         .map(|p| {
             let r = geometry.piece_bytes(p);
@@ -190,6 +152,7 @@ pub(super) fn manifest_with_pieces(data: &[u8], piece_size: u64) -> Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunking::PieceHasher;
 
     #[test]
     fn checked_pieces_last_while_the_file_keeps_its_stamp() {
