@@ -91,15 +91,8 @@ impl PieceWriter {
         durable: bool,
     ) -> io::Result<PieceWriter> {
         if manifest.geometry().piece_count() <= 1 {
-            let sink = Sink {
-                manifest,
-                buffered: file.try_clone()?,
-                direct: None,
-                direct_refused: AtomicBool::new(false),
-                writeback: None,
-            };
             return Ok(PieceWriter {
-                route: Route::Inline(Arc::new(sink)),
+                route: Route::Inline(Sink::new(manifest, file, None, None)?),
                 writeback: None,
             });
         }
@@ -127,13 +120,7 @@ impl PieceWriter {
         } else {
             None
         };
-        let sink = Arc::new(Sink {
-            manifest,
-            buffered: file.try_clone()?,
-            direct,
-            direct_refused: AtomicBool::new(false),
-            writeback: writeback.clone(),
-        });
+        let sink = Sink::new(manifest, file, direct, writeback.clone())?;
         let (jobs, queue) = mpsc::channel(QUEUE);
         let queue = Arc::new(Mutex::new(queue));
         for _ in 0..WRITER_THREADS {
@@ -237,6 +224,21 @@ struct Sink {
 }
 
 impl Sink {
+    fn new(
+        manifest: Arc<Manifest>,
+        file: &std::fs::File,
+        direct: Option<std::fs::File>,
+        writeback: Option<Arc<Writeback>>,
+    ) -> io::Result<Arc<Sink>> {
+        Ok(Arc::new(Sink {
+            manifest,
+            buffered: file.try_clone()?,
+            direct,
+            direct_refused: AtomicBool::new(false),
+            writeback,
+        }))
+    }
+
     /// Verifies piece `piece` and writes it at `offset`: directly if it can (copied into
     /// `aligned`, the thread's own buffer, and verified there: one pass over contiguous
     /// memory), else through the page cache (counted for the writeback).
